@@ -1,0 +1,27 @@
+//! speil's sans-IO core.
+//!
+//! Everything speil decides lives here, as pure code: the OCI registry protocol (digests,
+//! references, request parsing, ranges, manifests, error bodies), the DHT key derivation, the
+//! containerd configuration checks and the `hosts.toml` plan, and the mirroring and advertising
+//! state machines. Sockets, gRPC, the DHT and files belong to the adapters.
+//!
+//! # The contract
+//!
+//! 1. Inputs are facts, outputs are commands.
+//! 2. Every mutating call takes `now: Instant`; the core never reads a clock. Randomness comes
+//!    from a seed given at construction: the same seed and the same input trace give the same
+//!    output trace.
+//! 3. After any `handle_*`, drain `poll_output()` until `None`, then read `poll_timeout()` and
+//!    set one timer. `handle_timeout(now)` tolerates early calls.
+//! 4. Blob bytes never pass through the core.
+//! 5. No panic on any input: misuse is an `Err`, network trouble is an input.
+//! 6. No `HashMap` iteration (determinism); ties are broken by the seeded RNG.
+//! 7. Dependencies are pure-data crates only; CI fails when `cargo tree -p speil-core -e normal`
+//!    lists an IO or runtime crate.
+#![deny(missing_docs)]
+
+pub mod digest;
+pub mod keys;
+
+pub use digest::{Algorithm, Digest, DigestError};
+pub use keys::Key;

@@ -20,8 +20,16 @@
 //!    lists an IO or runtime crate.
 #![deny(missing_docs)]
 
+pub mod containerd_config;
 pub mod digest;
+pub mod error;
+pub mod hosts;
 pub mod keys;
+pub mod manifest;
+pub mod range;
+pub mod reference;
+pub mod request;
+pub mod store;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use keys::Key;

@@ -1,0 +1,1 @@
+//! containerd configuration checks (in progress).

@@ -1,0 +1,1 @@
+//! error: owned by the OCI protocol layer (in progress).

@@ -1,0 +1,1 @@
+//! hosts.toml rendering and the configuration/cleanup plan (in progress).

@@ -1,0 +1,1 @@
+//! manifest: owned by the OCI protocol layer (in progress).

@@ -1,0 +1,1 @@
+//! range: owned by the OCI protocol layer (in progress).

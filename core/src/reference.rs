@@ -1,0 +1,1 @@
+//! reference: owned by the OCI protocol layer (in progress).

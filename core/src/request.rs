@@ -1,0 +1,1 @@
+//! request: owned by the OCI protocol layer (in progress).

@@ -20,12 +20,15 @@
 //!    lists an IO or runtime crate.
 #![deny(missing_docs)]
 
+pub mod advertise;
 pub mod containerd_config;
 pub mod digest;
 pub mod error;
+pub mod filter;
 pub mod hosts;
 pub mod keys;
 pub mod manifest;
+pub mod mirror;
 pub mod range;
 pub mod reference;
 pub mod request;

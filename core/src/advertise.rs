@@ -83,6 +83,13 @@ pub struct AdvertisedCounts {
     pub content_digests: usize,
 }
 
+#[derive(Default)]
+struct RegistryKeys {
+    tags: BTreeSet<Key>,
+    images: BTreeSet<Digest>,
+    contents: BTreeSet<Digest>,
+}
+
 /// The advertiser.
 #[derive(Debug)]
 pub struct Advertiser {
@@ -159,11 +166,9 @@ impl Advertiser {
 
     /// Time passed. Early calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if let Some(at) = self.next_recheck {
-            if at <= now {
-                self.next_recheck = Some(now + self.recheck_interval);
-                self.outputs.push_back(AdvertiseOutput::RecheckStore);
-            }
+        if self.next_recheck.is_some_and(|at| at <= now) {
+            self.next_recheck = Some(now + self.recheck_interval);
+            self.outputs.push_back(AdvertiseOutput::RecheckStore);
         }
     }
 
@@ -179,8 +184,7 @@ impl Advertiser {
 
     fn reconcile(&mut self) {
         let mut desired = BTreeSet::new();
-        let mut per_registry: BTreeMap<String, (BTreeSet<Key>, BTreeSet<Digest>, BTreeSet<Digest>)> =
-            BTreeMap::new();
+        let mut per_registry: BTreeMap<String, RegistryKeys> = BTreeMap::new();
         for image in self.images.values() {
             let Some(name) = ImageName::parse(&image.name) else {
                 continue;
@@ -192,31 +196,29 @@ impl Advertiser {
                 continue;
             }
             let entry = per_registry.entry(name.registry.clone()).or_default();
-            if let Some(tag) = &name.tag {
-                // A tag is only worth announcing when its target is here to serve.
-                if image.present.contains(&image.target) {
+            // A tag is only worth announcing when its target is here to serve.
+            if image.present.contains(&image.target) {
+                if let Some(tag) = &name.tag {
                     let key = Key::tag(&name.registry, &name.repository, tag);
                     desired.insert(key.clone());
-                    entry.0.insert(key);
+                    entry.tags.insert(key);
                 }
-            }
-            if image.present.contains(&image.target) {
-                entry.1.insert(image.target.clone());
+                entry.images.insert(image.target.clone());
             }
             for d in &image.present {
                 desired.insert(Key::digest(d));
-                entry.2.insert(d.clone());
+                entry.contents.insert(d.clone());
             }
         }
         self.counts = per_registry
             .into_iter()
-            .map(|(r, (tags, images, contents))| {
+            .map(|(r, k)| {
                 (
                     r,
                     AdvertisedCounts {
-                        image_tags: tags.len(),
-                        image_digests: images.len(),
-                        content_digests: contents.len(),
+                        image_tags: k.tags.len(),
+                        image_digests: k.images.len(),
+                        content_digests: k.contents.len(),
                     },
                 )
             })
@@ -284,7 +286,10 @@ mod tests {
             name: d("cfg").to_string(),
             ..small.clone()
         };
-        a.handle_store_event(t0, StoreEvent::Snapshot(vec![small.clone(), by_digest, id_record]));
+        a.handle_store_event(
+            t0,
+            StoreEvent::Snapshot(vec![small.clone(), by_digest, id_record]),
+        );
         let out = drain(&mut a);
         let AdvertiseOutput::Advertise(keys) = &out[0] else {
             panic!("{out:?}")
@@ -300,7 +305,10 @@ mod tests {
             }
         );
         // A tag pulled later shares a layer.
-        a.handle_store_event(t0, StoreEvent::ImagePut(image("r.io/a/other:v2", "idx2", &["idx2", "l1"])));
+        a.handle_store_event(
+            t0,
+            StoreEvent::ImagePut(image("r.io/a/other:v2", "idx2", &["idx2", "l1"])),
+        );
         assert_eq!(
             drain(&mut a),
             vec![AdvertiseOutput::Advertise(
@@ -312,13 +320,25 @@ mod tests {
             )]
         );
         // Deleting the tag record: digests stay while the @digest and id records reference them.
-        a.handle_store_event(t0, StoreEvent::ImageDeleted { name: "r.io/a/small:v1".into() });
+        a.handle_store_event(
+            t0,
+            StoreEvent::ImageDeleted {
+                name: "r.io/a/small:v1".into(),
+            },
+        );
         assert_eq!(
             drain(&mut a),
-            vec![AdvertiseOutput::Withdraw(vec![Key::tag("r.io", "a/small", "v1")])]
+            vec![AdvertiseOutput::Withdraw(vec![Key::tag(
+                "r.io", "a/small", "v1"
+            )])]
         );
         // The other image is deleted: its own index goes, the shared layer stays.
-        a.handle_store_event(t0, StoreEvent::ImageDeleted { name: "r.io/a/other:v2".into() });
+        a.handle_store_event(
+            t0,
+            StoreEvent::ImageDeleted {
+                name: "r.io/a/other:v2".into(),
+            },
+        );
         let out = drain(&mut a);
         let AdvertiseOutput::Withdraw(keys) = &out[0] else {
             panic!("{out:?}")
@@ -344,11 +364,15 @@ mod tests {
         assert_eq!(
             out,
             vec![AdvertiseOutput::Advertise(
-                [Key::digest(&d("i1")), Key::digest(&d("l1")), Key::tag("r.io", "a/x", "v1")]
-                    .into_iter()
-                    .collect::<BTreeSet<_>>()
-                    .into_iter()
-                    .collect()
+                [
+                    Key::digest(&d("i1")),
+                    Key::digest(&d("l1")),
+                    Key::tag("r.io", "a/x", "v1")
+                ]
+                .into_iter()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
             )]
         );
         assert_eq!(a.poll_timeout(), Some(t0 + Duration::from_secs(60)));
@@ -378,6 +402,7 @@ mod tests {
             drain(&mut a),
             vec![AdvertiseOutput::Advertise(vec![Key::digest(&d("l1"))])]
         );
-        assert!(!a.store_connected() || a.counts()["r.io"].image_tags == 0);
+        assert!(a.store_connected());
+        assert_eq!(a.counts()["r.io"].image_tags, 0);
     }
 }

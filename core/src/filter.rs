@@ -53,7 +53,10 @@ impl RegistryFilter {
     pub fn new<S: AsRef<str>>(mirrored: &[S], patterns: &[S]) -> Result<Self, FilterError> {
         let mirrored = mirrored
             .iter()
-            .map(|m| registry_host(m.as_ref()).ok_or_else(|| FilterError::BadRegistry(m.as_ref().to_owned())))
+            .map(|m| {
+                registry_host(m.as_ref())
+                    .ok_or_else(|| FilterError::BadRegistry(m.as_ref().to_owned()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let patterns = patterns
             .iter()
@@ -63,7 +66,13 @@ impl RegistryFilter {
                     .build()
                     .map_err(|e| FilterError::BadPattern {
                         pattern: p.as_ref().to_owned(),
-                        reason: e.to_string().lines().last().unwrap_or_default().trim().to_owned(),
+                        reason: e
+                            .to_string()
+                            .lines()
+                            .last()
+                            .unwrap_or_default()
+                            .trim()
+                            .to_owned(),
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -114,10 +123,16 @@ mod tests {
     #[test]
     fn bad_flags_name_themselves() {
         let e = RegistryFilter::new(&[] as &[&str], &["(unclosed"]).unwrap_err();
-        assert!(e.to_string().starts_with("--registry-filters: invalid regular expression"));
+        assert!(
+            e.to_string()
+                .starts_with("--registry-filters: invalid regular expression")
+        );
         assert!(!e.to_string().contains('\n'));
         let e = RegistryFilter::new(&["https://docker.io/v2/x"], &[]).unwrap_err();
         assert!(e.to_string().starts_with("--mirrored-registries"));
-        assert_eq!(registry_host("https://registry-1.docker.io"), Some("docker.io".into()));
+        assert_eq!(
+            registry_host("https://registry-1.docker.io"),
+            Some("docker.io".into())
+        );
     }
 }

@@ -29,10 +29,16 @@ pub mod hosts;
 pub mod keys;
 pub mod manifest;
 pub mod mirror;
+pub mod node;
 pub mod range;
 pub mod reference;
 pub mod request;
 pub mod store;
 
 pub use digest::{Algorithm, Digest, DigestError};
+pub use error::{ErrorCode, OciError};
 pub use keys::Key;
+pub use manifest::{Manifest, ManifestError};
+pub use range::{ByteRange, ResolvedRange};
+pub use reference::Reference;
+pub use request::{ContentRequest, RegistryRequest, parse_request};

@@ -751,10 +751,10 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                     r.idle_since + self.config.resolve_timeout,
                     TimeoutReason::Resolve,
                 );
-            } else if let Some(at) = self.next_hedge_at(r) {
-                if !self.untried(r).is_empty() {
-                    consider(at, TimeoutReason::Hedge);
-                }
+            } else if let Some(at) = self.next_hedge_at(r)
+                && !self.untried(r).is_empty()
+            {
+                consider(at, TimeoutReason::Hedge);
             }
         }
         for l in self.lookups.values() {
@@ -1049,7 +1049,9 @@ mod tests {
             .expect("a lookup")
     }
 
-    fn fetches(outs: &[Output<u32>]) -> Vec<(FetchId, u32, Option<(u64, u64)>)> {
+    type Started = (FetchId, u32, Option<(u64, u64)>);
+
+    fn fetches(outs: &[Output<u32>]) -> Vec<Started> {
         outs.iter()
             .filter_map(|o| match o {
                 Output::Fetch {
@@ -1490,7 +1492,9 @@ mod tests {
         ]
     }
 
-    fn run(seed: u64, steps: &[Step]) -> (Vec<Output<u32>>, Mirror<u32>, Instant) {
+    type Run = (Vec<Output<u32>>, Mirror<u32>, Instant);
+
+    fn run(seed: u64, steps: &[Step]) -> Run {
         let t0 = Instant::now();
         let mut now = t0;
         let mut m = Mirror::new(MirrorConfig::default(), SELF, seed);

@@ -1,1 +1,130 @@
-//! placeholder
+//! speil's test harness: real components on one machine.
+//!
+//! [`Harness::start`] brings up an upstream `docker-registry` and N containerd daemons, each
+//! node on its own loopback address, with its own root, state, sockets and `config_path`
+//! (`certs.d`). [`images`] builds deterministic OCI test images and [`Registry::push`] pushes
+//! them with `skopeo`. Everything started is stopped by PID on drop, also when a test panics,
+//! and mounts containerd left under a node's root are unmounted.
+//!
+//! Tests call [`require_components`] first: when a component is missing the test is skipped
+//! with a loud message, or fails when `CI=true`.
+#![warn(missing_docs)]
+
+pub mod block;
+pub mod containerd;
+pub mod http;
+pub mod images;
+pub mod registry;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+pub use block::AddressBlock;
+pub use containerd::Node;
+pub use images::{PlatformImage, TestImage};
+pub use registry::Registry;
+
+/// The binaries the real-component tests need.
+pub const COMPONENTS: [&str; 4] = ["containerd", "docker-registry", "skopeo", "umount"];
+
+/// The containerd namespace the CRI uses.
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// Finds `name` on `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether the real components are available. When they are not: panics if `CI=true` (a
+/// missing component is a failure there), else prints a loud message and returns `false`
+/// so the test can return early.
+pub fn require_components() -> bool {
+    let mut missing: Vec<String> = COMPONENTS
+        .iter()
+        .filter(|c| which(c).is_none())
+        .map(|c| format!("`{c}` not on PATH"))
+        .collect();
+    if !is_root() {
+        missing.push("not running as root (containerd needs it)".into());
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "real-component test needs containerd, docker-registry and skopeo as root: {} \
+         (Debian: apt-get install containerd docker-registry skopeo runc)",
+        missing.join(", ")
+    );
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!! SKIPPED: {msg} !!!!!\n");
+    false
+}
+
+/// One upstream registry and N containerd nodes, stopped on drop.
+pub struct Harness {
+    /// The upstream registry.
+    pub registry: Registry,
+    /// The nodes, `nodes[i]` on `block.node_address(i)`.
+    pub nodes: Vec<Node>,
+    /// The loopback addresses reserved for this harness.
+    pub block: AddressBlock,
+    // Dropped last: removes the files after every process is gone.
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    /// Starts a registry and `nodes` containerd daemons, in parallel, and waits until all
+    /// answer.
+    pub fn start(nodes: usize) -> Result<Harness> {
+        let block = AddressBlock::acquire()?;
+        let dir = tempfile::Builder::new()
+            .prefix("speil-h")
+            .tempdir()
+            .context("creating the harness directory")?;
+        let mut registry = Registry::spawn(&dir.path().join("registry"))?;
+        let mut started = Vec::new();
+        for i in 0..nodes {
+            let addr = block.node_address(i)?;
+            started.push(Node::spawn(&dir.path().join(format!("n{i}")), i, addr)?);
+        }
+        if let Err(e) = registry.wait_ready(Duration::from_secs(10)) {
+            if !registry.port_was_taken() {
+                return Err(e);
+            }
+            drop(registry);
+            registry = Registry::start(&dir.path().join("registry"), Duration::from_secs(10))?;
+        }
+        for node in &mut started {
+            node.wait_ready(Duration::from_secs(10))?;
+        }
+        Ok(Harness {
+            registry,
+            nodes: started,
+            block,
+            dir,
+        })
+    }
+
+    /// The harness's temporary directory (removed on drop).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}

@@ -1,0 +1,529 @@
+//! `doctor`, `configuration`, `cleanup`, `cleanup-wait` and `version`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use speil_core::containerd_config::{
+    ConfigSet, CriStatus, Finding, Hints, Layer, Report, check_files, detect, diagnose,
+    evaluate_cri_config,
+};
+use speil_core::hosts::{
+    BasicAuth, ConfigurationOptions, HostsConfig, plan_cleanup, plan_configuration,
+};
+
+use crate::cli::{
+    CleanupArgs, CleanupWaitArgs, ConfigurationArgs, DistributionChoice, DoctorArgs, Format,
+    VersionArgs,
+};
+use crate::{fsplan, probe};
+
+/// Where Spegel's chart mounts the optional basic-auth secret.
+const BASIC_AUTH_DIR: &str = "/etc/secrets/basic-auth";
+/// containerd's default configuration file.
+const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+
+// ---------------------------------------------------------------- doctor
+
+/// The containerd files, read from disk, and what reading them found.
+struct Loaded {
+    set: ConfigSet,
+    extra: Vec<Finding>,
+}
+
+fn rooted(host_root: &str, path: &Path) -> PathBuf {
+    if host_root.is_empty() || !path.is_absolute() {
+        return path.to_path_buf();
+    }
+    Path::new(host_root).join(path.strip_prefix("/").unwrap_or(path))
+}
+
+fn has_wildcard(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// `*` and `?` in one path component (as Go's `filepath.Match` without classes).
+fn wildcard_match(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => {
+            wildcard_match(&pattern[1..], name)
+                || (!name.is_empty() && wildcard_match(pattern, &name[1..]))
+        }
+        (Some(b'?'), Some(_)) => wildcard_match(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => wildcard_match(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+/// Reads the main file and follows `imports` as containerd does (breadth first, globs sorted),
+/// then adds the drop-in directories' parts.
+fn load_files(main: &Path, host_root: &str, drop_in_dirs: &[PathBuf]) -> Result<Loaded> {
+    let mut set = ConfigSet::new();
+    let mut extra = Vec::new();
+    // (physical path to read, path as containerd sees it, layer)
+    let mut pending: VecDeque<(PathBuf, PathBuf, Layer)> = VecDeque::new();
+    pending.push_back((main.to_path_buf(), main.to_path_buf(), Layer::Main));
+    let mut seen = BTreeSet::new();
+    while let Some((physical, logical, layer)) = pending.pop_front() {
+        if !seen.insert(logical.clone()) {
+            continue;
+        }
+        let text = match std::fs::read_to_string(&physical) {
+            Ok(t) => t,
+            Err(e) if layer == Layer::Import && e.kind() == std::io::ErrorKind::NotFound => {
+                extra.push(Finding::ImportMissing {
+                    path: logical.display().to_string(),
+                });
+                continue;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", physical.display()));
+            }
+        };
+        set.add(&logical.display().to_string(), &text, layer)?;
+        let imports = set
+            .files()
+            .last()
+            .map(|f| f.imports.clone())
+            .unwrap_or_default();
+        for import in imports {
+            let import_path = Path::new(&import);
+            let (phys, logi) = if import_path.is_absolute() {
+                (rooted(host_root, import_path), import_path.to_path_buf())
+            } else {
+                let base_p = physical.parent().unwrap_or(Path::new("."));
+                let base_l = logical.parent().unwrap_or(Path::new("."));
+                (base_p.join(import_path), base_l.join(import_path))
+            };
+            let name = logi
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_string();
+            let parent_l = logi.parent().unwrap_or(Path::new("/")).to_path_buf();
+            if has_wildcard(&parent_l.display().to_string()) {
+                extra.push(Finding::ImportNotFollowed { path: import });
+                continue;
+            }
+            if !has_wildcard(&name) {
+                pending.push_back((phys, logi, Layer::Import));
+                continue;
+            }
+            let parent_p = phys.parent().unwrap_or(Path::new("/")).to_path_buf();
+            let mut matches: Vec<String> = match std::fs::read_dir(&parent_p) {
+                Ok(entries) => entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                    .filter(|n| wildcard_match(name.as_bytes(), n.as_bytes()))
+                    .collect(),
+                Err(_) => Vec::new(),
+            };
+            matches.sort();
+            for m in matches {
+                pending.push_back((parent_p.join(&m), parent_l.join(&m), Layer::Import));
+            }
+        }
+    }
+    for dir in drop_in_dirs {
+        let mut parts: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml" || x == "part"))
+            .collect();
+        parts.sort();
+        for p in parts {
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            set.add(&p.display().to_string(), &text, Layer::DropIn)?;
+        }
+    }
+    Ok(Loaded { set, extra })
+}
+
+fn read_optional(path: &str) -> Option<String> {
+    if path.is_empty() {
+        return None;
+    }
+    std::fs::read_to_string(path).ok()
+}
+
+/// Asks the running containerd for its CRI configuration (`info["config"]`).
+async fn live_cri_config(sock: &Path) -> Result<Option<String>> {
+    let config = speil_containerd::Config {
+        socket: sock.to_path_buf(),
+        namespace: "k8s.io".to_string(),
+        content_path: None,
+    };
+    let client = tokio::time::timeout(
+        Duration::from_secs(5),
+        speil_containerd::Containerd::connect(&config),
+    )
+    .await
+    .with_context(|| format!("timed out connecting to {}", sock.display()))??;
+    let status = tokio::time::timeout(Duration::from_secs(5), client.cri_status())
+        .await
+        .context("timed out waiting for the CRI status")?
+        .context("CRI status call failed")?;
+    Ok(status.config_json().map(str::to_string))
+}
+
+fn doctor_output(report: &Report, source: &str, format: Format) -> ExitCode {
+    match format {
+        Format::Text => {
+            print!("source: {source}\n{}", report.to_text());
+        }
+        Format::Json => {
+            let mut doc = report.to_json();
+            if let Some(obj) = doc.as_object_mut() {
+                obj.insert("source".into(), serde_json::Value::String(source.into()));
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "null".into())
+            );
+        }
+    }
+    if report.ready() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// What a check reads besides containerd itself.
+pub struct CheckInputs<'a> {
+    /// containerd's gRPC socket.
+    pub sock: &'a Path,
+    /// The directory speil writes hosts.toml files into.
+    pub required: &'a str,
+    /// Prefix for absolute paths (a node's root mounted elsewhere); empty for `/`.
+    pub host_root: &'a str,
+    /// Drop-in directories merged after the main file.
+    pub drop_in_dirs: &'a [PathBuf],
+    /// os-release and DMI vendor text.
+    pub hints: Hints<'a>,
+    /// The distribution, when not to be recognised.
+    pub distribution: Option<speil_core::containerd_config::Distribution>,
+}
+
+fn toml_report(path: &Path, inputs: &CheckInputs<'_>) -> Result<(Report, String)> {
+    let loaded = load_files(path, inputs.host_root, inputs.drop_in_dirs)?;
+    let files: Vec<String> = loaded.set.files().iter().map(|f| f.path.clone()).collect();
+    let report = check_files(
+        &loaded.set,
+        inputs.required,
+        inputs.hints,
+        inputs.distribution,
+        loaded.extra,
+    );
+    Ok((report, format!("toml ({})", files.join(", "))))
+}
+
+/// Checks the running containerd: the CRI status when it reports the settings (containerd
+/// 1.x), else its TOML files. Returns the report and where the settings came from.
+pub async fn check_live(inputs: &CheckInputs<'_>) -> Result<(Report, String)> {
+    let default_toml = rooted(inputs.host_root, Path::new(DEFAULT_CONTAINERD_CONFIG));
+    let live_err = match live_cri_config(inputs.sock).await {
+        Ok(Some(json)) => match evaluate_cri_config(&json, inputs.required)? {
+            CriStatus::Complete(evaluation) => {
+                // The distribution still comes from the files when they are readable.
+                let set = load_files(&default_toml, inputs.host_root, &[])
+                    .map(|l| l.set)
+                    .unwrap_or_default();
+                let merged = set.merge();
+                let distribution = inputs
+                    .distribution
+                    .unwrap_or_else(|| detect(&set, &merged, inputs.hints));
+                let report = diagnose(distribution, evaluation, inputs.required, Some(&merged));
+                return Ok((report, "cri-status".to_string()));
+            }
+            CriStatus::Incomplete { missing } => {
+                let fields: Vec<String> = missing.iter().map(Finding::message).collect();
+                tracing::info!(
+                    missing = %fields.join("; "),
+                    "CRI status lacks the settings (containerd 2.x); reading the TOML files"
+                );
+                None
+            }
+        },
+        Ok(None) => {
+            tracing::info!("CRI status has no config; reading the TOML files");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "live check failed; reading the TOML files");
+            Some(e)
+        }
+    };
+    match toml_report(&default_toml, inputs) {
+        Ok(found) => Ok(found),
+        Err(toml_err) => match live_err {
+            Some(live_err) => bail!(
+                "cannot check containerd: {live_err}; and {toml_err:#}; pass --containerd-config PATH"
+            ),
+            None => Err(toml_err.context("pass --containerd-config PATH")),
+        },
+    }
+}
+
+/// The start-up verification of `registry --verify-containerd-config`: `Ok(())` when
+/// containerd is ready, else the one line to exit with.
+#[allow(dead_code)] // called by the `registry` command
+pub async fn verify_containerd(sock: &Path, required: &str) -> Result<(), String> {
+    let os_release = read_optional("/etc/os-release");
+    let sys_vendor = read_optional("/sys/class/dmi/id/sys_vendor");
+    let inputs = CheckInputs {
+        sock,
+        required,
+        host_root: "",
+        drop_in_dirs: &[],
+        hints: Hints {
+            os_release: os_release.as_deref(),
+            sys_vendor: sys_vendor.as_deref(),
+        },
+        distribution: None,
+    };
+    let (report, _) = check_live(&inputs).await.map_err(|e| format!("{e:#}"))?;
+    if report.ready() {
+        return Ok(());
+    }
+    let errors: Vec<String> = report
+        .evaluation
+        .findings
+        .iter()
+        .filter(|f| f.severity() == speil_core::containerd_config::Severity::Error)
+        .map(Finding::message)
+        .collect();
+    Err(format!(
+        "{}; run `speil doctor` for the fix on {} (or pass --verify-containerd-config=false)",
+        errors.join("; "),
+        report.distribution.name()
+    ))
+}
+
+/// `speil doctor`.
+pub async fn doctor(args: DoctorArgs) -> Result<ExitCode> {
+    // The node's os-release, not the container's, when its root is mounted elsewhere.
+    let os_release_path = rooted(&args.host_root, Path::new(&args.os_release));
+    let os_release = read_optional(&os_release_path.display().to_string());
+    let sys_vendor = read_optional(&args.sys_vendor);
+    let inputs = CheckInputs {
+        sock: &args.containerd_sock,
+        required: &args.containerd_registry_config_path,
+        host_root: &args.host_root,
+        drop_in_dirs: &args.drop_in_dirs,
+        hints: Hints {
+            os_release: os_release.as_deref(),
+            sys_vendor: sys_vendor.as_deref(),
+        },
+        distribution: match args.distribution {
+            DistributionChoice::Auto => None,
+            DistributionChoice::Given(d) => Some(d),
+        },
+    };
+    let (report, source) = match &args.containerd_config {
+        Some(path) => toml_report(path, &inputs)?,
+        None => check_live(&inputs).await?,
+    };
+    Ok(doctor_output(&report, &source, args.format))
+}
+
+// ---------------------------------------------------------------- configuration / cleanup
+
+fn read_basic_auth(dir: &Path) -> Result<Option<BasicAuth>> {
+    let user = dir.join("username");
+    let pass = dir.join("password");
+    if !user.exists() || !pass.exists() {
+        return Ok(None);
+    }
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim_end_matches(['\r', '\n']).to_string())
+            .with_context(|| format!("cannot read {}", p.display()))
+    };
+    Ok(Some(BasicAuth::new(&read(&user)?, &read(&pass)?)?))
+}
+
+/// `speil configuration`.
+pub async fn configuration(args: ConfigurationArgs) -> Result<ExitCode> {
+    let options = ConfigurationOptions {
+        registries: args.mirrored_registries,
+        hosts: HostsConfig {
+            targets: args.mirror_targets,
+            resolve_tags: args.resolve_tags,
+            basic_auth: read_basic_auth(Path::new(BASIC_AUTH_DIR))?,
+        },
+        prepend_existing: args.prepend_existing,
+    };
+    let root = &args.containerd_registry_config_path;
+    let tree = fsplan::read_tree(root)?;
+    let ops = plan_configuration(&tree, &options)
+        .with_context(|| format!("cannot configure {}", root.display()))?;
+    fsplan::execute(root, &ops)?;
+    tracing::info!(
+        path = %root.display(),
+        operations = ops.len(),
+        registries = options.registries.len(),
+        "mirror configuration written"
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// `speil cleanup`.
+pub async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
+    let listener = probe::bind(&args.addr).await?;
+    let root = &args.containerd_registry_config_path;
+    let tree = fsplan::read_tree(root)?;
+    let ops = plan_cleanup(&tree).with_context(|| format!("cannot clean up {}", root.display()))?;
+    if ops.is_empty() {
+        tracing::info!(path = %root.display(), "no backup to restore");
+    } else {
+        fsplan::execute(root, &ops)?;
+        tracing::info!(path = %root.display(), operations = ops.len(), "configuration restored");
+    }
+    tracing::info!(addr = %listener.local_addr()?, "serving /readyz");
+    probe::serve_readyz(listener, shutdown_signal()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `speil cleanup-wait`.
+pub async fn cleanup_wait(args: CleanupWaitArgs) -> Result<ExitCode> {
+    let host = args
+        .probe_endpoint
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .unwrap_or_default();
+    let mut streak = 0u32;
+    loop {
+        let addrs: BTreeSet<std::net::SocketAddr> =
+            match tokio::net::lookup_host(&args.probe_endpoint).await {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    tracing::info!(endpoint = %args.probe_endpoint, error = %e, "cannot resolve");
+                    BTreeSet::new()
+                }
+            };
+        let mut probes = tokio::task::JoinSet::new();
+        for addr in &addrs {
+            let (addr, host) = (*addr, host.clone());
+            probes.spawn(
+                async move { probe::probe_readyz(addr, &host, Duration::from_secs(1)).await },
+            );
+        }
+        let mut all_ok = !addrs.is_empty();
+        while let Some(r) = probes.join_next().await {
+            all_ok &= r.unwrap_or(false);
+        }
+        streak = if all_ok { streak + 1 } else { 0 };
+        tracing::info!(
+            endpoint = %args.probe_endpoint,
+            addresses = addrs.len(),
+            ready = all_ok,
+            streak,
+            "probed cleanup pods"
+        );
+        if streak >= args.threshold {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(args.period).await;
+    }
+}
+
+// ---------------------------------------------------------------- version
+
+/// `speil version`.
+pub fn version(args: VersionArgs) -> ExitCode {
+    let version = env!("CARGO_PKG_VERSION");
+    let commit = env!("SPEIL_BUILD_COMMIT");
+    let rustc = env!("SPEIL_RUSTC");
+    let target = env!("SPEIL_TARGET");
+    match args.format {
+        Format::Text => {
+            println!("speil {version} (commit {commit}, {rustc}, target {target}, runtime tokio)")
+        }
+        Format::Json => println!(
+            "{}",
+            serde_json::json!({
+                "version": version,
+                "commit": commit,
+                "rustc": rustc,
+                "target": target,
+                "runtime": "tokio",
+            })
+        ),
+    }
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard_match(b"*.toml", b"spegel.toml"));
+        assert!(!wildcard_match(b"*.toml", b"spegel.part"));
+        assert!(wildcard_match(b"a?c", b"abc"));
+        assert!(wildcard_match(b"*", b""));
+    }
+
+    #[test]
+    fn imports_are_followed_with_globs_and_host_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("etc/containerd/config.d")).unwrap();
+        let main = root.join("etc/containerd/config.toml");
+        std::fs::write(
+            &main,
+            "version = 2\nimports = [\"/etc/containerd/config.d/*.toml\", \"/etc/missing.toml\", \"/etc/*/x.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndiscard_unpacked_layers = true\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/containerd/config.d/b.toml"),
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/b\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("etc/containerd/config.d/a.toml"),
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/a\"\n",
+        )
+        .unwrap();
+        let loaded = load_files(&main, root.to_str().unwrap(), &[]).unwrap();
+        let files: Vec<&str> = loaded.set.files().iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            files[1..],
+            [
+                "/etc/containerd/config.d/a.toml",
+                "/etc/containerd/config.d/b.toml"
+            ]
+        );
+        let codes: Vec<&str> = loaded.extra.iter().map(Finding::code).collect();
+        assert_eq!(codes, ["import_not_followed", "import_missing"]);
+        // b.toml is last: its whole plugin table wins.
+        let report = check_files(&loaded.set, "/b", Hints::default(), None, loaded.extra);
+        assert_eq!(
+            report.evaluation.settings.config_path.as_deref(),
+            Some("/b")
+        );
+        assert!(!report.evaluation.settings.discard_unpacked_layers);
+    }
+}

@@ -1,0 +1,621 @@
+//! The `speil` binary: exit codes, one-line errors, `doctor` on the fixtures, and
+//! `configuration` / `cleanup` / `cleanup-wait` on a temporary directory and loopback ports.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn speil() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_speil"));
+    // Keep the environment from leaking flags into the tests.
+    for var in [
+        "LOG_LEVEL",
+        "FORMAT",
+        "OS_RELEASE",
+        "SYS_VENDOR",
+        "DISTRIBUTION",
+        "HOST_ROOT",
+        "CONTAINERD_CONFIG",
+        "CONTAINERD_REGISTRY_CONFIG_PATH",
+        "MIRROR_TARGETS",
+        "MIRRORED_REGISTRIES",
+        "PERIOD",
+        "THRESHOLD",
+        "PROBE_ENDPOINT",
+        "ADDR",
+    ] {
+        c.env_remove(var);
+    }
+    c
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/containerd-config")
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("run speil")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn assert_usage_error(o: &Output, flag: &str) {
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(o));
+    let err = stderr(o);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains(flag), "{err}");
+}
+
+fn doctor_json(fixture: &str, extra: &[&str]) -> (Option<i32>, serde_json::Value) {
+    let out = run(speil()
+        .arg("doctor")
+        .arg("--containerd-config")
+        .arg(fixtures().join(fixture))
+        .args(["--os-release", "", "--sys-vendor", "", "--format", "json"])
+        .args(extra));
+    let doc = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{fixture}: {e}: {}", stderr(&out)));
+    (out.status.code(), doc)
+}
+
+#[test]
+fn doctor_on_every_fixture() {
+    let k3s_path = "/var/lib/rancher/k3s/agent/etc/containerd/certs.d";
+    let cases: &[(&str, &[&str], &str, &[&str])] = &[
+        ("aks.toml", &[], "aks", &[]),
+        ("aks-containerd2.toml", &[], "aks", &[]),
+        (
+            "minikube.toml",
+            &[],
+            "minikube",
+            &["discard_unpacked_layers"],
+        ),
+        ("eks-al2.toml", &[], "eks-al2", &["discard_unpacked_layers"]),
+        (
+            "eks-al2-containerd2.toml",
+            &[],
+            "eks-al2",
+            &["discard_unpacked_layers", "config_path_list"],
+        ),
+        (
+            "eks-al2023.toml",
+            &[],
+            "eks-al2023",
+            &["discard_unpacked_layers"],
+        ),
+        (
+            "eks-al2023-containerd2.toml",
+            &[],
+            "eks-al2023",
+            &["discard_unpacked_layers", "config_path_list"],
+        ),
+        (
+            "eks-al2023-nodeadm-merged-discard-false.toml",
+            &[],
+            "eks-al2023",
+            &[],
+        ),
+        ("k3s.toml", &[], "k3s", &["config_path_missing_dir"]),
+        (
+            "k3s.toml",
+            &["--containerd-registry-config-path", k3s_path],
+            "k3s",
+            &[],
+        ),
+        (
+            "k3s-containerd1.toml",
+            &[],
+            "k3s",
+            &["config_path_missing_dir"],
+        ),
+        (
+            "kind.toml",
+            &[],
+            "kind",
+            &[
+                "config_path_not_set",
+                "discard_unpacked_layers",
+                "content_sharing_shared",
+            ],
+        ),
+        (
+            "talos.toml",
+            &[],
+            "talos",
+            &["config_path_missing_dir", "discard_unpacked_layers"],
+        ),
+        (
+            "talos.toml",
+            &["--containerd-registry-config-path", "/etc/cri/conf.d/hosts"],
+            "talos",
+            &["discard_unpacked_layers"],
+        ),
+        (
+            "gke.toml",
+            &[],
+            "gke",
+            &[
+                "config_path_not_set",
+                "legacy_registry_mirrors",
+                "discard_unpacked_layers",
+            ],
+        ),
+        (
+            "digitalocean.toml",
+            &[],
+            "containerd-1.x",
+            &["config_path_not_set"],
+        ),
+        (
+            "digitalocean.toml",
+            &["--distribution", "digitalocean"],
+            "digitalocean",
+            &["config_path_not_set"],
+        ),
+        (
+            "containerd-1.6-default.toml",
+            &[],
+            "containerd-1.x",
+            &["config_path_not_set"],
+        ),
+        (
+            "containerd-2.x-default.toml",
+            &[],
+            "containerd-2.x",
+            &["config_path_not_set"],
+        ),
+    ];
+    for (fixture, extra, dist, codes) in cases {
+        let (code, doc) = doctor_json(fixture, extra);
+        let ready = !codes
+            .iter()
+            .any(|c| !matches!(*c, "config_path_list" | "content_sharing_shared"));
+        assert_eq!(doc["distribution"], *dist, "{fixture}");
+        assert_eq!(doc["ready"], ready, "{fixture}");
+        assert_eq!(code, Some(if ready { 0 } else { 1 }), "{fixture}");
+        let got: Vec<&str> = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, *codes, "{fixture} {extra:?}");
+        assert_eq!(doc["fix"].is_null(), ready, "{fixture}");
+    }
+}
+
+#[test]
+fn doctor_follows_imports_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("etc/cri/conf.d")).unwrap();
+    std::fs::copy(
+        fixtures().join("talos-cri-containerd.toml"),
+        root.join("etc/cri/containerd.toml"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures().join("talos.toml"),
+        root.join("etc/cri/conf.d/cri.toml"),
+    )
+    .unwrap();
+    let out = run(speil()
+        .arg("doctor")
+        .arg("--containerd-config")
+        .arg(root.join("etc/cri/containerd.toml"))
+        .arg("--host-root")
+        .arg(root)
+        .args(["--os-release", "", "--sys-vendor", ""])
+        .args(["--containerd-registry-config-path", "/etc/cri/conf.d/hosts"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("distribution: Talos (talos)"), "{text}");
+    assert!(text.contains("/etc/cri/conf.d/cri.toml"), "{text}");
+    assert!(
+        text.contains(
+            "error: containerd discards unpacked layers: set discard_unpacked_layers = false"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("20-customization.part"), "{text}");
+}
+
+#[test]
+fn doctor_reports_unreadable_and_invalid_files() {
+    let out = run(speil()
+        .args(["doctor", "--containerd-config", "/nonexistent/config.toml"])
+        .args(["--os-release", "", "--sys-vendor", ""]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/config.toml"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "version = 2\n[plugins\n").unwrap();
+    let out = run(speil()
+        .arg("doctor")
+        .arg("--containerd-config")
+        .arg(&bad)
+        .args(["--os-release", "", "--sys-vendor", ""]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("not valid TOML"), "{err}");
+}
+
+#[test]
+fn usage_errors_are_one_line_and_exit_2() {
+    assert_usage_error(&run(speil().arg("configuration")), "--mirror-targets");
+    assert_usage_error(
+        &run(speil().args([
+            "cleanup-wait",
+            "--probe-endpoint",
+            "a:1",
+            "--period",
+            "soon",
+        ])),
+        "--period",
+    );
+    assert_usage_error(
+        &run(speil()
+            .args(["cleanup-wait", "--probe-endpoint", "a:1"])
+            .env("PERIOD", "x")),
+        "--period",
+    );
+    assert_usage_error(
+        &run(speil().args(["doctor", "--format", "yaml"])),
+        "--format",
+    );
+    assert_usage_error(&run(speil().args(["doctor", "--bogus"])), "--bogus");
+    assert_usage_error(&run(speil().arg("cleanup")), "--addr");
+    assert_usage_error(&run(speil().args(["cleanup", "--addr", "nope"])), "--addr");
+    assert_usage_error(&run(speil().args(["registry"])), "--bootstrap-kind");
+    assert_usage_error(
+        &run(speil().args([
+            "registry",
+            "--bootstrap-kind",
+            "dns",
+            "--mirror-resolve-timeout",
+            "5",
+        ])),
+        "--mirror-resolve-timeout",
+    );
+    assert_usage_error(
+        &run(speil().args(["configuration", "--mirror-targets", "ftp://x"])),
+        "--mirror-targets",
+    );
+    assert_usage_error(
+        &run(speil().args([
+            "configuration",
+            "--mirror-targets",
+            "http://a:1",
+            "--mirrored-registries",
+            "https://a/b",
+        ])),
+        "--mirrored-registries",
+    );
+    assert_usage_error(
+        &run(speil().args(["--log-level", "LOUD", "version"])),
+        "--log-level",
+    );
+    assert_usage_error(&run(speil().arg("frobnicate")), "frobnicate");
+    assert_usage_error(&run(&mut speil()), "command");
+}
+
+#[test]
+fn version_json() {
+    let out = run(speil().args(["version", "--format", "json"]));
+    assert!(out.status.success());
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["runtime"], "tokio");
+    assert_eq!(doc["version"], env!("CARGO_PKG_VERSION"));
+    assert!(doc["rustc"].as_str().unwrap().starts_with("rustc "));
+    assert!(doc["commit"].is_string() && doc["target"].is_string());
+}
+
+#[test]
+fn registry_placeholder_fails_clearly() {
+    let out = run(speil().args(["registry", "--bootstrap-kind", "dns"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(stderr(&out).trim_end().lines().count(), 1);
+}
+
+fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn readyz(addr: &str) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_ready(addr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if readyz(addr).is_some_and(|r| r.starts_with("HTTP/1.1 200")) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr} never became ready");
+}
+
+fn snapshot(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let p = e.path();
+            let rel = p.strip_prefix(base).unwrap().display().to_string();
+            if p.is_dir() {
+                out.push((rel, b"<dir>".to_vec()));
+                walk(base, &p, out);
+            } else {
+                out.push((rel, std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn configuration_then_cleanup_then_cleanup_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("certs.d");
+    std::fs::create_dir_all(root.join("ghcr.io")).unwrap();
+    std::fs::write(
+        root.join("ghcr.io/hosts.toml"),
+        "server = \"https://ghcr.io\"\n\n[host.\"https://ghcr-mirror.example\"]\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("ghcr.io/ca.crt"), b"CA").unwrap();
+    let before = snapshot(&root);
+
+    // Flags from the environment, as the Helm chart's init container may set them.
+    for _ in 0..2 {
+        let out = run(speil()
+            .arg("configuration")
+            .env("CONTAINERD_REGISTRY_CONFIG_PATH", &root)
+            .env("MIRROR_TARGETS", "127.0.0.21:30020,http://127.0.0.22:30020")
+            .env("RESOLVE_TAGS", "false"));
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let hosts = std::fs::read_to_string(root.join("_default/hosts.toml")).unwrap();
+    assert_eq!(
+        hosts,
+        "[host.'http://127.0.0.21:30020']\ncapabilities = ['pull']\ndial_timeout = '200ms'\n\n[host.'http://127.0.0.22:30020']\ncapabilities = ['pull']\ndial_timeout = '200ms'\n"
+    );
+    let ghcr = std::fs::read_to_string(root.join("ghcr.io/hosts.toml")).unwrap();
+    assert!(ghcr.starts_with("server = \"https://ghcr.io\"\n\n[host.'http://127.0.0.21:30020']"));
+    assert!(ghcr.ends_with("[host.\"https://ghcr-mirror.example\"]\n"));
+    assert_eq!(std::fs::read(root.join("ghcr.io/ca.crt")).unwrap(), b"CA");
+    let backup = snapshot(&root.join("_backup"));
+    assert_eq!(backup, before);
+
+    // cleanup restores, then serves /readyz until SIGTERM.
+    let port = free_port("127.0.0.1");
+    let addr = format!("127.0.0.1:{port}");
+    let child = speil()
+        .args(["cleanup", "--addr", &addr])
+        .arg("--containerd-registry-config-path")
+        .arg(&root)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut cleanup = Killed(child);
+    wait_ready(&addr);
+    assert_eq!(snapshot(&root), before);
+    let other = readyz(&addr).map(|_| ()).and_then(|_| {
+        let mut s = TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    });
+    assert!(other.unwrap().starts_with("HTTP/1.1 404"));
+
+    // cleanup-wait sees the one cleanup pod ready three times in a row.
+    let started = Instant::now();
+    let out = run(speil().args([
+        "cleanup-wait",
+        "--probe-endpoint",
+        &addr,
+        "--period",
+        "50ms",
+        "--threshold",
+        "3",
+    ]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // SIGTERM ends cleanup with exit 0.
+    let pid = cleanup.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = cleanup.0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn cleanup_wait_keeps_waiting_while_nothing_is_ready() {
+    let port = free_port("127.0.0.1");
+    let child = speil()
+        .args([
+            "cleanup-wait",
+            "--probe-endpoint",
+            &format!("127.0.0.1:{port}"),
+            "--period",
+            "20ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut waiting = Killed(child);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(waiting.0.try_wait().unwrap().is_none(), "exited early");
+}
+
+#[test]
+fn configuration_reports_an_invalid_existing_hosts_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("certs.d");
+    std::fs::create_dir_all(root.join("ghcr.io")).unwrap();
+    std::fs::write(root.join("ghcr.io/hosts.toml"), "[broken").unwrap();
+    let out = run(speil()
+        .arg("configuration")
+        .arg("--containerd-registry-config-path")
+        .arg(&root)
+        .args(["--mirror-targets", "http://127.0.0.21:30020"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("ghcr.io/hosts.toml"), "{err}");
+    // Nothing was moved.
+    assert!(!root.join("_backup").exists());
+}
+
+// ---- live check against a real containerd (skipped when containerd is not installed) ----
+
+struct Containerd {
+    child: Child,
+    _dir: tempfile::TempDir,
+    sock: PathBuf,
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn containerd_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("containerd"))
+        .find(|p| p.is_file())
+}
+
+fn start_containerd(cri_extra: &str) -> Option<Containerd> {
+    let bin = containerd_binary()?;
+    let dir = tempfile::Builder::new()
+        .prefix("ctd")
+        .tempdir_in("/tmp")
+        .ok()?;
+    let d = dir.path().display().to_string();
+    let config = format!(
+        "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n[grpc]\n  address = \"{d}/c.sock\"\n[ttrpc]\n  address = \"{d}/c.sock.ttrpc\"\n[plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  disable_tcp_service = true\n  [plugins.\"io.containerd.grpc.v1.cri\".cni]\n    bin_dir = \"{d}/cni-bin\"\n    conf_dir = \"{d}/cni-conf\"\n{cri_extra}"
+    );
+    std::fs::write(dir.path().join("config.toml"), config).ok()?;
+    let child = Command::new(bin)
+        .arg("--config")
+        .arg(dir.path().join("config.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let sock = dir.path().join("c.sock");
+    let c = Containerd {
+        child,
+        _dir: dir,
+        sock,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if c.sock.exists() {
+            // The CRI plugin registers shortly after the socket appears.
+            std::thread::sleep(Duration::from_millis(300));
+            return Some(c);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn doctor_live_against_containerd() {
+    if containerd_binary().is_none() {
+        eprintln!("containerd not installed: skipping the live check");
+        return;
+    }
+    let cases: &[(&str, &[&str], bool)] = &[
+        (
+            "  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"/etc/containerd/certs.d:/x\"\n",
+            &[],
+            true,
+        ),
+        (
+            "  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    discard_unpacked_layers = true\n  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"/etc/containerd/certs.d\"\n",
+            &["discard_unpacked_layers"],
+            false,
+        ),
+        ("", &["config_path_not_set"], false),
+    ];
+    for (extra, codes, ready) in cases {
+        let Some(ctd) = start_containerd(extra) else {
+            eprintln!("containerd did not start here: skipping the live check");
+            return;
+        };
+        let out = run(speil()
+            .arg("doctor")
+            .arg("--containerd-sock")
+            .arg(&ctd.sock)
+            .args(["--format", "json", "--os-release", "", "--sys-vendor", ""]));
+        let doc: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+        assert_eq!(doc["source"], "cri-status", "{doc}");
+        assert_eq!(doc["ready"], *ready, "{doc}");
+        assert_eq!(out.status.code(), Some(if *ready { 0 } else { 1 }));
+        let got: Vec<&str> = doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["code"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, *codes, "{doc}");
+    }
+}

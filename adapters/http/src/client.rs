@@ -1,0 +1,167 @@
+//! The peer-fetch client: the same request, sent to a peer's registry with
+//! `X-Spegel-Mirrored: true`, and the facts of its answer for the core.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use speil_core::mirror::{ContentRange, FetchFailure, FetchResponse};
+use speil_core::range::ByteRange;
+use speil_core::request::ContentRequest;
+
+use crate::CHUNK_SIZE;
+use crate::auth::Credentials;
+use crate::body::ResponseBody;
+use crate::runtime::Runtime;
+
+/// The `Docker-Content-Digest` header.
+pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
+/// The `OCI-Namespace` header.
+pub const OCI_NAMESPACE: HeaderName = HeaderName::from_static("oci-namespace");
+
+/// The headers of a peer's answer that are relayed to the client.
+const RELAYED: [HeaderName; 6] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::ACCEPT_RANGES,
+    DOCKER_CONTENT_DIGEST,
+    OCI_NAMESPACE,
+];
+
+/// The request to send to the peer at `addr`: the client's method, canonical path and query,
+/// `X-Spegel-Mirrored: true`, and `range` (the client's own or a resume range).
+pub fn peer_request(
+    req: &ContentRequest,
+    addr: SocketAddr,
+    range: Option<&ByteRange>,
+    credentials: Option<&Credentials>,
+) -> Result<Request<Empty<Bytes>>, http::Error> {
+    let mut builder = Request::builder()
+        .method(req.method())
+        .uri(req.path_and_query())
+        .header(header::HOST, addr.to_string());
+    if let Some(headers) = builder.headers_mut() {
+        headers.extend(req.peer_headers(range));
+        if let Some(c) = credentials {
+            headers.insert(header::AUTHORIZATION, c.header().clone());
+        }
+    }
+    builder.body(Empty::new())
+}
+
+/// Connects to `addr`, sends `req` and waits for the response's headers. `connected` is
+/// called once the connection is up and the request is on its way.
+pub async fn fetch<R: Runtime>(
+    rt: &R,
+    addr: SocketAddr,
+    req: Request<Empty<Bytes>>,
+    connected: impl FnOnce(),
+) -> Result<Response<Incoming>, FetchFailure> {
+    let io = rt
+        .connect(addr)
+        .await
+        .map_err(|e| FetchFailure::Connect(format!("{addr}: {e}")))?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+        // Bounds the bytes buffered per fetch.
+        .max_buf_size(CHUNK_SIZE)
+        .handshake::<_, Empty<Bytes>>(io)
+        .await
+        .map_err(|e| FetchFailure::Connect(format!("{addr}: {e}")))?;
+    rt.spawn(Box::pin(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "peer connection ended");
+        }
+    }));
+    let response = sender.send_request(req);
+    connected();
+    response
+        .await
+        .map_err(|e| FetchFailure::Broken(format!("{addr}: {e}")))
+}
+
+/// The facts of a peer's answer the core decides on.
+pub fn fetch_response<B>(response: &Response<B>) -> FetchResponse {
+    let headers = response.headers();
+    FetchResponse {
+        status: response.status().as_u16(),
+        digest: headers
+            .get(DOCKER_CONTENT_DIGEST)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+        content_length: content_length(headers),
+        content_range: headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_content_range),
+    }
+}
+
+/// The `Content-Length` header, when present and valid.
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Parses `bytes <start>-<end>/<size>` (inclusive end, `start <= end < size`).
+pub fn parse_content_range(value: &str) -> Option<ContentRange> {
+    let rest = value.trim().strip_prefix("bytes")?.trim_start();
+    let (span, size) = rest.split_once('/')?;
+    let (start, end) = span.trim().split_once('-')?;
+    let number = |s: &str| -> Option<u64> {
+        let s = s.trim();
+        if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        s.parse().ok()
+    };
+    let (start, end, size) = (number(start)?, number(end)?, number(size)?);
+    (start <= end && end < size).then_some(ContentRange { start, end, size })
+}
+
+/// The client's response: the peer's status and relayed headers, with `body`.
+pub fn relay(parts: http::response::Parts, body: ResponseBody) -> Response<ResponseBody> {
+    let mut response = Response::new(body);
+    *response.status_mut() = parts.status;
+    for name in RELAYED {
+        for value in parts.headers.get_all(&name) {
+            response.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    response
+}
+
+/// A header value from a number.
+pub(crate) fn number_value(n: u64) -> HeaderValue {
+    HeaderValue::from(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_parsing() {
+        assert_eq!(
+            parse_content_range("bytes 0-9/10"),
+            Some(ContentRange {
+                start: 0,
+                end: 9,
+                size: 10
+            })
+        );
+        assert_eq!(parse_content_range("bytes 5-4/10"), None);
+        assert_eq!(parse_content_range("bytes 0-10/10"), None);
+        assert_eq!(parse_content_range("bytes */10"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+        assert_eq!(parse_content_range("bytes 0-1/99999999999999999999"), None);
+    }
+}

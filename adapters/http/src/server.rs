@@ -1,0 +1,477 @@
+//! The registry server (SPEC.md §2): a hyper `Service` for one connection.
+//!
+//! Every request is bounded and validated by the core's parser before anything else looks at
+//! it. Content requests are checked against the local store and handed to the driver, which
+//! decides: serve locally, fail (a 404 that says why), or relay a peer's response.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use speil_core::Digest;
+use speil_core::error::OciError;
+use speil_core::manifest::{self, MAX_MANIFEST_SIZE};
+use speil_core::node::Local;
+use speil_core::range::ResolvedRange;
+use speil_core::request::{ContentRequest, HEADERS_MAX, RegistryRequest, Target, parse_request};
+
+use crate::BoxError;
+use crate::auth::Credentials;
+use crate::body::{self, ResponseBody};
+use crate::client::{DOCKER_CONTENT_DIGEST, OCI_NAMESPACE, number_value};
+use crate::driver::{Decision, DriverHandle, Shared};
+use crate::metrics::{HandlerLabel, HttpLabels};
+use crate::source::ContentSource;
+
+/// The read buffer of a server connection: requests whose head is larger are refused by
+/// hyper with 431 before they are parsed; heads between [`HEADERS_MAX`] and this size are
+/// refused by the parser with an OCI error.
+pub const MAX_BUF_SIZE: usize = 2 * HEADERS_MAX;
+
+/// A hyper HTTP/1 server builder with speil's limits (the runtime serves each connection
+/// with it, e.g. `server_builder().serve_connection(io, service)`).
+pub fn server_builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.max_buf_size(MAX_BUF_SIZE).max_headers(100);
+    b
+}
+
+/// Where basic-auth credentials come from.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The credentials every `/v2` request must carry, when auth is on (see
+    /// [`Credentials::load`]).
+    pub credentials: Option<Credentials>,
+}
+
+impl ServerConfig {
+    /// Loads the credentials from `dir` (Spegel's `/etc/secrets/basic-auth`), if present.
+    pub fn from_auth_dir(dir: impl Into<PathBuf>) -> std::io::Result<ServerConfig> {
+        Ok(ServerConfig {
+            credentials: Credentials::load(&dir.into())?,
+        })
+    }
+}
+
+/// The registry service. Clone it for each connection.
+#[derive(Clone)]
+pub struct RegistryService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    driver: DriverHandle,
+    source: Arc<dyn ContentSource>,
+    config: ServerConfig,
+}
+
+impl std::fmt::Debug for RegistryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryService").finish_non_exhaustive()
+    }
+}
+
+impl RegistryService {
+    /// A service over the driver and the content source.
+    pub fn new(
+        driver: DriverHandle,
+        source: Arc<dyn ContentSource>,
+        config: ServerConfig,
+    ) -> RegistryService {
+        RegistryService {
+            inner: Arc::new(Inner {
+                driver,
+                source,
+                config,
+            }),
+        }
+    }
+
+    /// The shared state (shutdown flag, metrics).
+    pub fn shared(&self) -> &Arc<Shared> {
+        self.inner.driver.shared()
+    }
+
+    /// Answers one request (what hyper calls through the `Service` impl).
+    pub fn handle<B>(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, BoxError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let (parts, _body) = req.into_parts();
+        async move {
+            let started = Instant::now();
+            let handler = handler_of(parts.uri.path());
+            let metrics = inner.driver.shared().metrics.clone();
+            let inflight = HandlerLabel {
+                handler: handler.to_owned(),
+            };
+            metrics.http_inflight.get_or_create(&inflight).inc();
+            let guard = Measure {
+                metrics: metrics.clone(),
+                handler,
+                method: parts.method.clone(),
+                started,
+                status: None,
+                size: 0,
+            };
+            let result = inner.route(&parts.method, &parts.uri, &parts.headers).await;
+            match result {
+                Ok(response) => {
+                    let mut guard = guard;
+                    guard.status = Some(response.status());
+                    let (p, b) = response.into_parts();
+                    Ok(Response::from_parts(
+                        p,
+                        Measured { inner: b, guard }.boxed_unsync(),
+                    ))
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+impl<B> hyper::service::Service<Request<B>> for RegistryService
+where
+    B: Send + 'static,
+{
+    type Response = Response<ResponseBody>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Response<ResponseBody>, BoxError>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        Box::pin(self.handle(req))
+    }
+}
+
+/// The `handler` label of a path.
+fn handler_of(path: &str) -> &'static str {
+    match path {
+        "/v2" | "/v2/" => "v2",
+        "/readyz" => "readyz",
+        "/livez" => "livez",
+        p if p.starts_with("/v2/") && p.contains("/blobs/") => "blobs",
+        p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifests",
+        _ => "other",
+    }
+}
+
+/// The response of an OCI error (no body for HEAD).
+pub fn error_response(e: &OciError, head: bool) -> Response<ResponseBody> {
+    let bytes = e.body();
+    let mut r = Response::new(if head {
+        body::empty()
+    } else {
+        body::full(Bytes::from(bytes.clone()))
+    });
+    *r.status_mut() = e.status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(e.content_type()),
+    );
+    h.insert(header::CONTENT_LENGTH, number_value(bytes.len() as u64));
+    for (name, value) in e.extra_headers() {
+        h.append(name.clone(), value.clone());
+    }
+    r
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ResponseBody> {
+    let mut r = Response::new(body::full(Bytes::from_static(text.as_bytes())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+impl Inner {
+    async fn route(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<Response<ResponseBody>, BoxError> {
+        let head = *method == Method::HEAD;
+        let shared = self.driver.shared();
+        if shared.shutting_down() {
+            let e = OciError::unavailable("the node is shutting down");
+            return Ok(error_response(&e, head));
+        }
+        let path_and_query = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        if uri.path().starts_with("/v2")
+            && let Some(creds) = &self.config.credentials
+            && !creds.check(headers)
+        {
+            return Ok(error_response(&OciError::unauthorized(), head));
+        }
+        let parsed = match parse_request(method, path_and_query, headers) {
+            Ok(p) => p,
+            Err(e) => return Ok(error_response(&e, head)),
+        };
+        match parsed {
+            RegistryRequest::Ping { .. } => {
+                let mut r = Response::new(body::empty());
+                r.headers_mut().insert(
+                    "docker-distribution-api-version",
+                    HeaderValue::from_static("registry/2.0"),
+                );
+                r.headers_mut()
+                    .insert(header::CONTENT_LENGTH, number_value(0));
+                Ok(r)
+            }
+            RegistryRequest::Livez => Ok(plain(StatusCode::OK, "ok\n")),
+            RegistryRequest::Readyz => Ok(if shared.ready() {
+                plain(StatusCode::OK, "ok\n")
+            } else {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }),
+            RegistryRequest::Content(req) => self.content(req).await,
+        }
+    }
+
+    async fn content(&self, req: ContentRequest) -> Result<Response<ResponseBody>, BoxError> {
+        let head = req.head();
+        let local = match self.local_digest(&req).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "content store unavailable; treating as absent");
+                None
+            }
+        };
+        let presence = if local.is_some() {
+            Local::Present
+        } else {
+            Local::Absent
+        };
+        match self.driver.decide(req.clone(), presence).await {
+            Decision::ServeLocal => match local {
+                Some(digest) => Ok(self.serve_local(&req, &digest).await),
+                // The node serves locally only what the store holds.
+                None => Ok(error_response(
+                    &not_found(&req, "not present on this node"),
+                    head,
+                )),
+            },
+            Decision::Fail(e) => Ok(error_response(&e, head)),
+            Decision::Relay(r) => Ok(r),
+            Decision::Abort => Err("no peer could complete the response".into()),
+        }
+    }
+
+    /// The digest of the requested content when the store holds it.
+    async fn local_digest(
+        &self,
+        req: &ContentRequest,
+    ) -> Result<Option<Digest>, crate::SourceError> {
+        match req.target() {
+            Target::ManifestTag(tag) => {
+                let Some(ns) = req.ns() else {
+                    return Ok(None);
+                };
+                let image = format!("{ns}/{}:{tag}", req.name());
+                self.source.resolve_tag(&image).await
+            }
+            Target::ManifestDigest(d) | Target::Blob(d) => {
+                Ok(self.source.size(d).await?.map(|_| d.clone()))
+            }
+        }
+    }
+
+    async fn serve_local(&self, req: &ContentRequest, digest: &Digest) -> Response<ResponseBody> {
+        let head = req.head();
+        let result = if req.is_manifest() {
+            self.serve_manifest(req, digest).await
+        } else {
+            self.serve_blob(req, digest).await
+        };
+        match result {
+            Ok(mut r) => {
+                let h = r.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(digest.as_str()) {
+                    h.insert(DOCKER_CONTENT_DIGEST, v);
+                }
+                if let Some(ns) = req.ns()
+                    && let Ok(v) = HeaderValue::from_str(ns)
+                {
+                    h.insert(OCI_NAMESPACE, v);
+                }
+                r
+            }
+            Err(e) => error_response(&e, head),
+        }
+    }
+
+    async fn serve_manifest(
+        &self,
+        req: &ContentRequest,
+        digest: &Digest,
+    ) -> Result<Response<ResponseBody>, OciError> {
+        let size = self.source.size(digest).await.map_err(unavailable)?;
+        let Some(size) = size else {
+            return Err(not_found(req, "not present on this node"));
+        };
+        if size > MAX_MANIFEST_SIZE as u64 {
+            return Err(OciError::manifest_unknown(
+                req.reference(),
+                format!("{digest} is {size} bytes, larger than a manifest may be (4 MiB)"),
+            ));
+        }
+        let Some(bytes) = self
+            .source
+            .read_manifest(digest)
+            .await
+            .map_err(unavailable)?
+        else {
+            return Err(not_found(req, "not present on this node"));
+        };
+        let parsed = manifest::parse(&bytes).map_err(|e| {
+            OciError::manifest_unknown(req.reference(), format!("{digest} is not a manifest: {e}"))
+        })?;
+        let content_type = HeaderValue::from_str(parsed.media_type())
+            .unwrap_or(HeaderValue::from_static(manifest::OCI_MANIFEST));
+        let len = bytes.len() as u64;
+        let mut r = Response::new(if req.head() {
+            body::empty()
+        } else {
+            body::full(bytes)
+        });
+        let h = r.headers_mut();
+        h.insert(header::CONTENT_TYPE, content_type);
+        h.insert(header::CONTENT_LENGTH, number_value(len));
+        Ok(r)
+    }
+
+    async fn serve_blob(
+        &self,
+        req: &ContentRequest,
+        digest: &Digest,
+    ) -> Result<Response<ResponseBody>, OciError> {
+        let Some(size) = self.source.size(digest).await.map_err(unavailable)? else {
+            return Err(not_found(req, "not present on this node"));
+        };
+        let range = match req.range() {
+            Some(r) => Some(r.resolve(size)?),
+            None => None,
+        };
+        let (offset, len) = match range {
+            Some(ResolvedRange { start, end }) => (start, end - start + 1),
+            None => (0, size),
+        };
+        let body = if req.head() || len == 0 {
+            body::empty()
+        } else {
+            let Some(blob) = self
+                .source
+                .open_blob(digest, offset, len)
+                .await
+                .map_err(unavailable)?
+            else {
+                return Err(not_found(req, "not present on this node"));
+            };
+            body::blob(blob, len)
+        };
+        let mut r = Response::new(body);
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        h.insert(header::CONTENT_LENGTH, number_value(len));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Some(range) = range {
+            *r.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&range.content_range(size)) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+        }
+        Ok(r)
+    }
+}
+
+fn unavailable(e: crate::SourceError) -> OciError {
+    OciError::unavailable(format!("content store: {e}"))
+}
+
+fn not_found(req: &ContentRequest, reason: &str) -> OciError {
+    match req.target() {
+        Target::Blob(d) => OciError::blob_unknown(d, reason),
+        _ => OciError::manifest_unknown(req.reference(), reason),
+    }
+}
+
+/// Records a response's duration and size when its body is done (or dropped).
+struct Measure {
+    metrics: Arc<crate::metrics::Metrics>,
+    handler: &'static str,
+    method: Method,
+    started: Instant,
+    status: Option<StatusCode>,
+    size: u64,
+}
+
+impl Drop for Measure {
+    fn drop(&mut self) {
+        let m = &self.metrics;
+        m.http_inflight
+            .get_or_create(&HandlerLabel {
+                handler: self.handler.to_owned(),
+            })
+            .dec();
+        // A request whose handler failed (an aborted connection) has no status.
+        let code = self
+            .status
+            .map_or("aborted".to_owned(), |s| s.as_u16().to_string());
+        let labels = HttpLabels {
+            handler: self.handler.to_owned(),
+            method: self.method.as_str().to_owned(),
+            code,
+        };
+        m.http_duration
+            .get_or_create(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+        m.http_size.get_or_create(&labels).observe(self.size as f64);
+    }
+}
+
+struct Measured {
+    inner: ResponseBody,
+    guard: Measure,
+}
+
+impl Body for Measured {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &r
+            && let Some(data) = frame.data_ref()
+        {
+            this.guard.size += data.len() as u64;
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,10 +1,474 @@
-//! `speil registry`: the node agent.
+//! `speil registry`: the node agent on tokio.
+//!
+//! Wires the core [`Node`] to its adapters: containerd (content and events), libp2p (the DHT)
+//! and hyper (the registry and metrics servers), through the runtime-neutral driver of
+//! `speil-http`. Start-up failures end the process with exit 1 and one line saying what is
+//! wrong; SIGTERM stops accepting, lets transfers in flight finish and exits 0.
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// Runs the node agent.
-pub async fn run(args: crate::cli::RegistryArgs) -> anyhow::Result<ExitCode> {
-    let _ = args;
-    eprintln!("speil registry: not available in this build yet");
-    Ok(ExitCode::from(1))
+use anyhow::Result;
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
+use speil_containerd::{BlobBody as CtdBody, Containerd};
+use speil_core::filter::RegistryFilter;
+use speil_core::mirror::MirrorConfig;
+use speil_core::node::{Node, NodeConfig};
+use speil_core::store::ImageState;
+use speil_core::{Digest, Key};
+use speil_http::driver::{self, DriverConfig, Parts};
+use speil_http::metrics::Metrics;
+use speil_http::server::{RegistryService, ServerConfig};
+use speil_http::source::{BlobBody, ContentSource, Provider, Router, SourceError};
+use speil_http::tokio_rt::{TokioRuntime, serve_until};
+use speil_p2p::bootstrap::{
+    Bootstrap, DnsBootstrap, HttpBootstrap, StaticBootstrap, SystemResolver,
+};
+use speil_p2p::{Handle, PeerId};
+use tokio::net::TcpListener;
+
+use crate::cli::{BootstrapKind, ListenAddr, RegistryArgs};
+
+/// Where Spegel's Helm chart mounts the basic-auth secret.
+const BASIC_AUTH_DIR: &str = "/etc/secrets/basic-auth";
+
+/// The full store re-check interval (SPEC.md §4).
+const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// A start-up failure: exit code and one line.
+struct Fatal(u8, String);
+
+/// Runs the node agent until SIGTERM or SIGINT.
+pub async fn run(args: RegistryArgs) -> Result<ExitCode> {
+    match start(args).await {
+        Ok(code) => Ok(code),
+        Err(Fatal(code, line)) => {
+            eprintln!("speil registry: {line}");
+            Ok(ExitCode::from(code))
+        }
+    }
+}
+
+fn usage(line: impl Into<String>) -> Fatal {
+    Fatal(2, line.into())
+}
+
+fn failure(line: impl Into<String>) -> Fatal {
+    Fatal(1, line.into())
+}
+
+async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
+    let candidates = addr
+        .candidates()
+        .map_err(|e| usage(format!("{flag}: cannot resolve the address: {e}")))?;
+    let mut last = None;
+    for a in candidates {
+        match TcpListener::bind(a).await {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some((a, e)),
+        }
+    }
+    Err(match last {
+        Some((a, e)) => failure(format!(
+            "{flag}: cannot listen on {a}: {e} (is another process using the port?)"
+        )),
+        None => usage(format!("{flag}: no address to listen on")),
+    })
+}
+
+fn first_addr(flag: &str, addr: &ListenAddr) -> Result<SocketAddr, Fatal> {
+    let candidates = addr
+        .candidates()
+        .map_err(|e| usage(format!("{flag}: cannot resolve the address: {e}")))?;
+    // Prefer IPv4 for an unspecified host (`:5001`), as the libp2p TCP listener does.
+    candidates
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(candidates.first())
+        .copied()
+        .ok_or_else(|| usage(format!("{flag}: no address")))
+}
+
+async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
+    // Flags first: all of these are usage errors (exit 2).
+    let mirrored: Vec<String> = args
+        .mirrored_registries
+        .iter()
+        .map(|r| r.dir.clone())
+        .collect();
+    let filter =
+        RegistryFilter::new(&mirrored, &args.registry_filters).map_err(|e| usage(e.to_string()))?;
+    if args.mirror_resolve_retries == 0 {
+        return Err(usage("--mirror-resolve-retries: must be at least 1"));
+    }
+    let router_addr = first_addr("--router-addr", &args.router_addr)?;
+    let registry_port = args.registry_addr.port;
+    let bootstrap: Arc<dyn Bootstrap> = match args.bootstrap_kind {
+        BootstrapKind::Static => {
+            if args.static_bootstrap_peers.is_empty() {
+                return Err(usage(
+                    "--static-bootstrap-peers: required with --bootstrap-kind=static",
+                ));
+            }
+            Arc::new(
+                StaticBootstrap::new(&args.static_bootstrap_peers)
+                    .map_err(|e| usage(format!("--static-bootstrap-peers: {e}")))?,
+            )
+        }
+        BootstrapKind::Dns => {
+            let Some(domain) = args
+                .dns_bootstrap_domain
+                .as_deref()
+                .filter(|d| !d.is_empty())
+            else {
+                return Err(usage(
+                    "--dns-bootstrap-domain: required with --bootstrap-kind=dns",
+                ));
+            };
+            let own: Vec<IpAddr> = [router_addr.ip()]
+                .into_iter()
+                .filter(|ip| !ip.is_unspecified())
+                .collect();
+            Arc::new(
+                DnsBootstrap::new(domain, router_addr.port(), Arc::new(SystemResolver))
+                    .excluding(&own),
+            )
+        }
+        BootstrapKind::Http => {
+            let Some(url) = args.http_bootstrap_url.as_deref().filter(|u| !u.is_empty()) else {
+                return Err(usage(
+                    "--http-bootstrap-url: required with --bootstrap-kind=http",
+                ));
+            };
+            Arc::new(
+                HttpBootstrap::new(
+                    url,
+                    Arc::new(SystemResolver),
+                    speil_p2p::tokio_rt::connector(),
+                )
+                .map_err(|e| usage(format!("--http-bootstrap-url: {e}")))?,
+            )
+        }
+    };
+
+    // containerd: reachable, and configured for mirroring.
+    if !args.containerd_sock.exists() {
+        return Err(failure(format!(
+            "containerd socket {} not found: is containerd running? (set --containerd-sock)",
+            args.containerd_sock.display()
+        )));
+    }
+    if args.verify_containerd_config {
+        crate::config_cmds::verify_containerd(
+            &args.containerd_sock,
+            &args.containerd_registry_config_path,
+        )
+        .await
+        .map_err(|e| failure(format!("containerd is not configured for mirroring: {e}")))?;
+    }
+    let content_path = readable_dir(&args.containerd_content_path);
+    if content_path.is_none() {
+        tracing::warn!(
+            path = %args.containerd_content_path.display(),
+            "content directory not readable: blobs are read through the containerd API"
+        );
+    }
+    let ctd = Containerd::connect(&speil_containerd::Config {
+        socket: args.containerd_sock.clone(),
+        namespace: args.containerd_namespace.clone(),
+        content_path,
+    })
+    .await
+    .map_err(|e| {
+        failure(format!(
+            "cannot connect to containerd at {}: {e}",
+            args.containerd_sock.display()
+        ))
+    })?;
+
+    // The router.
+    let keypair = if args.data_dir.is_empty() {
+        speil_p2p::identity::generate()
+    } else {
+        speil_p2p::identity::load_or_generate(Path::new(&args.data_dir))
+            .map_err(|e| failure(format!("--data-dir: {e}")))?
+    };
+    let mut p2p = speil_p2p::Config::new(keypair, router_addr);
+    p2p.bootstrap = Some(bootstrap);
+    if let Some(path) = &args.libp2p_psk_file {
+        p2p.psk = Some(
+            speil_p2p::identity::load_psk(path)
+                .map_err(|e| usage(format!("--libp2p-psk-file: {e}")))?,
+        );
+    }
+    let handle =
+        speil_p2p::tokio_rt::start(p2p).map_err(|e| failure(format!("--router-addr: {e}")))?;
+    let peer_id = handle.local_peer_id();
+    if let Some(addr) = &args.http_bootstrap_addr {
+        let a = first_addr("--http-bootstrap-addr", addr)?;
+        speil_p2p::tokio_rt::serve_id(a, handle.clone())
+            .await
+            .map_err(|e| failure(format!("--http-bootstrap-addr: cannot listen on {a}: {e}")))?;
+    }
+
+    // Listeners before anything is announced, so that a taken port fails the start.
+    let registry_listener = bind("--registry-addr", &args.registry_addr).await?;
+    let metrics_listener = bind("--metrics-addr", &args.metrics_addr).await?;
+    let registry_local = registry_listener
+        .local_addr()
+        .map_err(|e| failure(format!("--registry-addr: {e}")))?;
+
+    // The node and its driver.
+    let (store_events, _watch) =
+        speil_containerd::tokio_rt::spawn_watch(ctd.clone(), Duration::from_secs(24 * 3600));
+    let source: Arc<dyn ContentSource> = Arc::new(ContainerdSource(ctd));
+    let router: Arc<dyn Router<PeerId>> = Arc::new(P2pRouter(handle.clone()));
+    let mut config = NodeConfig::new(peer_id);
+    config.mirror = MirrorConfig {
+        resolve_timeout: args.mirror_resolve_timeout,
+        resolve_count: args.mirror_resolve_retries,
+        ..MirrorConfig::default()
+    };
+    config.filter = filter;
+    config.recheck_interval = RECHECK_INTERVAL;
+    config.seed = seed_of(&peer_id);
+    let metrics = Arc::new(Metrics::new(
+        prometheus_client::registry::Registry::default(),
+    ));
+    let server_config = ServerConfig::from_auth_dir(BASIC_AUTH_DIR)
+        .map_err(|e| failure(format!("{BASIC_AUTH_DIR}: {e}")))?;
+    let (driver_handle, driver) = driver::start(Parts {
+        node: Node::new(config),
+        runtime: TokioRuntime,
+        source: source.clone(),
+        router,
+        store_events: store_events.boxed(),
+        metrics,
+        config: DriverConfig {
+            registry_port,
+            credentials: server_config.credentials.clone(),
+        },
+    });
+    tokio::spawn(driver);
+    let registry = RegistryService::new(driver_handle, source.clone(), server_config);
+    let shared = registry.shared().clone();
+    let debug_registry = if registry_local.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], registry_local.port()))
+    } else {
+        registry_local
+    };
+    let metrics_service = speil_http::debug::MetricsService::new(
+        shared.clone(),
+        source,
+        TokioRuntime,
+        speil_http::debug::DebugConfig {
+            enabled: args.debug_web_enabled,
+            peer_id: peer_id.to_string(),
+            registry: debug_registry,
+        },
+    );
+    tracing::info!(
+        peer_id = %peer_id,
+        registry = %registry_local,
+        router = %router_addr,
+        "speil registry started"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics_task = tokio::spawn(serve_until(
+        metrics_listener,
+        metrics_service,
+        wait_stop(stop_rx.clone()),
+    ));
+    let registry_task = tokio::spawn(serve_until(registry_listener, registry, wait_stop(stop_rx)));
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing transfers in flight");
+    shared.shutdown();
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(Duration::from_secs(60), registry_task).await;
+    if drained.is_err() {
+        tracing::warn!("transfers still running after 60 s; exiting anyway");
+    }
+    metrics_task.abort();
+    handle.shutdown();
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// The content directory, when this process can read it (blobs are then sent from their
+/// files; a blob whose file cannot be opened still goes through the content API).
+fn readable_dir(path: &Path) -> Option<std::path::PathBuf> {
+    std::fs::read_dir(path).ok().map(|_| path.to_path_buf())
+}
+
+/// The node's random choices are seeded from its peer id: stable per node, different
+/// between nodes.
+fn seed_of(peer: &PeerId) -> u64 {
+    let bytes = peer.to_bytes();
+    let digest = Digest::sha256_of(&bytes);
+    u64::from_str_radix(&digest.hex()[..16], 16).unwrap_or(0)
+}
+
+/// containerd as the registry server's content source.
+struct ContainerdSource(Containerd);
+
+fn source_error(e: speil_containerd::Error) -> Result<(), SourceError> {
+    if e.is_not_found() {
+        Ok(())
+    } else {
+        Err(SourceError::new(e))
+    }
+}
+
+impl ContentSource for ContainerdSource {
+    fn resolve_tag<'a>(
+        &'a self,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Digest>, SourceError>> {
+        async move {
+            match self.0.resolve(image).await {
+                Ok(d) => Ok(d),
+                Err(e) => source_error(e).map(|()| None),
+            }
+        }
+        .boxed()
+    }
+
+    fn size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, SourceError>> {
+        async move {
+            match self.0.content_info(digest).await {
+                Ok(info) => Ok(info.map(|i| i.size)),
+                Err(e) => source_error(e).map(|()| None),
+            }
+        }
+        .boxed()
+    }
+
+    fn read_manifest<'a>(
+        &'a self,
+        digest: &'a Digest,
+    ) -> BoxFuture<'a, Result<Option<bytes::Bytes>, SourceError>> {
+        async move {
+            match self
+                .0
+                .read_small(digest, speil_core::manifest::MAX_MANIFEST_SIZE as u64)
+                .await
+            {
+                Ok(b) => Ok(Some(b)),
+                Err(e) => source_error(e).map(|()| None),
+            }
+        }
+        .boxed()
+    }
+
+    fn open_blob<'a>(
+        &'a self,
+        digest: &'a Digest,
+        offset: u64,
+        len: u64,
+    ) -> BoxFuture<'a, Result<Option<BlobBody>, SourceError>> {
+        async move {
+            match self.0.read_blob(digest, offset, Some(len)).await {
+                Ok(range) => Ok(Some(match range.body {
+                    CtdBody::File(file) => BlobBody::File {
+                        file,
+                        offset: range.offset,
+                        len: range.len,
+                    },
+                    CtdBody::Stream(s) => {
+                        BlobBody::Stream(s.map(|r| r.map_err(std::io::Error::other)).boxed())
+                    }
+                })),
+                Err(e) => source_error(e).map(|()| None),
+            }
+        }
+        .boxed()
+    }
+
+    fn snapshot(&self) -> BoxFuture<'_, Result<Vec<ImageState>, SourceError>> {
+        async move { self.0.snapshot().await.map_err(SourceError::new) }.boxed()
+    }
+}
+
+/// The libp2p DHT as the driver's router.
+struct P2pRouter(Handle);
+
+impl Router<PeerId> for P2pRouter {
+    fn name(&self) -> &str {
+        "libp2p"
+    }
+
+    fn lookup(&self, key: &Key, count: usize) -> BoxStream<'static, Provider<PeerId>> {
+        match self.0.lookup(key, count) {
+            Ok(stream) => stream
+                .map(|p| Provider {
+                    peer: p.peer,
+                    ips: p.ips,
+                })
+                .boxed(),
+            Err(e) => {
+                tracing::warn!(error = %e, "lookup failed");
+                futures::stream::empty().boxed()
+            }
+        }
+    }
+
+    fn advertise(&self, keys: Vec<Key>) -> BoxFuture<'static, ()> {
+        if let Err(e) = self.0.advertise(keys) {
+            tracing::warn!(error = %e, "advertise failed");
+        }
+        futures::future::ready(()).boxed()
+    }
+
+    fn withdraw(&self, keys: Vec<Key>) -> BoxFuture<'static, ()> {
+        if let Err(e) = self.0.withdraw(keys) {
+            tracing::warn!(error = %e, "withdraw failed");
+        }
+        futures::future::ready(()).boxed()
+    }
+
+    fn ready(&self) -> bool {
+        self.0.is_ready()
+    }
+
+    fn peers(&self) -> Vec<String> {
+        self.0
+            .peers()
+            .into_iter()
+            .map(|p| {
+                let addrs: Vec<String> = p.addrs.iter().map(ToString::to_string).collect();
+                format!("{} {}", p.peer, addrs.join(" "))
+            })
+            .collect()
+    }
 }

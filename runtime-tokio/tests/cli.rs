@@ -319,10 +319,29 @@ fn version_json() {
 }
 
 #[test]
-fn registry_placeholder_fails_clearly() {
+fn registry_start_up_errors_are_one_line() {
+    let http = [
+        "registry",
+        "--bootstrap-kind",
+        "http",
+        "--http-bootstrap-url",
+        "http://127.0.0.1:9/id",
+    ];
+    // Flags are checked first: usage errors, exit 2, naming the flag.
     let out = run(speil().args(["registry", "--bootstrap-kind", "dns"]));
-    assert_eq!(out.status.code(), Some(1));
-    assert_eq!(stderr(&out).trim_end().lines().count(), 1);
+    assert_usage_error(&out, "--dns-bootstrap-domain");
+    let out = run(speil().args(http).args(["--registry-filters", "(unclosed"]));
+    assert_usage_error(&out, "--registry-filters");
+    let out = run(speil().args(["registry", "--bootstrap-kind", "static"]));
+    assert_usage_error(&out, "--static-bootstrap-peers");
+    // Then the environment: containerd missing is a start-up failure, exit 1, one line.
+    let out = run(speil()
+        .args(http)
+        .args(["--containerd-sock", "/nonexistent/containerd.sock"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("/nonexistent/containerd.sock"), "{err}");
 }
 
 fn free_port(ip: &str) -> u16 {
@@ -584,7 +603,9 @@ fn doctor_live_against_containerd() {
             Ok("true"),
             "containerd is not installed (apt-get install containerd): the live check cannot run"
         );
-        eprintln!("\n!!!!! SKIPPED: containerd not installed, the live doctor check did not run !!!!!\n");
+        eprintln!(
+            "\n!!!!! SKIPPED: containerd not installed, the live doctor check did not run !!!!!\n"
+        );
         return;
     }
     let cases: &[(&str, &[&str], bool)] = &[
@@ -607,7 +628,9 @@ fn doctor_live_against_containerd() {
                 Ok("true"),
                 "containerd did not start: the live check cannot run"
             );
-            eprintln!("\n!!!!! SKIPPED: containerd did not start, the live doctor check did not run !!!!!\n");
+            eprintln!(
+                "\n!!!!! SKIPPED: containerd did not start, the live doctor check did not run !!!!!\n"
+            );
             return;
         };
         let out = run(speil()

@@ -11,10 +11,12 @@
 #![warn(missing_docs)]
 
 pub mod block;
+pub mod cluster;
 pub mod containerd;
 pub mod http;
 pub mod images;
 pub mod registry;
+pub mod speil;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +27,7 @@ pub use block::AddressBlock;
 pub use containerd::Node;
 pub use images::{PlatformImage, TestImage};
 pub use registry::Registry;
+pub use speil::{Ports, Speil};
 
 /// The binaries the real-component tests need.
 pub const COMPONENTS: [&str; 4] = ["containerd", "docker-registry", "skopeo", "umount"];

@@ -342,8 +342,14 @@ struct ReqState {
     mirroring: bool,
 }
 
+/// The registry address a peer response came from (kept in the response's extensions).
+#[derive(Debug, Clone, Copy)]
+struct PeerAddr(SocketAddr);
+
 struct FetchTask {
     abort: AbortHandle,
+    /// The peer's registry, for the log.
+    addr: SocketAddr,
 }
 
 struct Driver<P, R> {
@@ -496,8 +502,13 @@ where
                 tracing::debug!(?fetch, ?why, "fetch failed");
                 self.node.handle_fetch_failed(now, fetch, why)
             }
-            Event::FetchResponded { fetch, response } => {
-                self.fetches.remove(&fetch);
+            Event::FetchResponded {
+                fetch,
+                mut response,
+            } => {
+                if let Some(task) = self.fetches.remove(&fetch) {
+                    response.extensions_mut().insert(PeerAddr(task.addr));
+                }
                 let facts = client::fetch_response(&response);
                 tracing::debug!(?fetch, status = facts.status, "fetch responded");
                 self.responded.insert(fetch, response);
@@ -750,11 +761,14 @@ where
             };
             let _ = events.unbounded_send(ev);
         };
-        self.fetches.insert(id, FetchTask { abort });
+        self.fetches.insert(id, FetchTask { abort, addr });
         self.rt.spawn(Abortable::new(task, reg).map(|_| ()).boxed());
     }
 
     fn serve(&mut self, request: RequestId, fetch: FetchId) {
+        fn parts_status<B>(r: &http::Response<B>) -> u16 {
+            r.status().as_u16()
+        }
         let Some(response) = self.responded.remove(&fetch) else {
             tracing::warn!(?request, ?fetch, "serve without a response");
             return;
@@ -765,6 +779,14 @@ where
         let registry = state.request.ns().unwrap_or("").to_owned();
         self.shared.metrics.mirror_request(&registry, true);
         let head = state.request.head();
+        tracing::info!(
+            source = "peer",
+            peer = %response.extensions().get::<PeerAddr>().map_or_else(|| "?".to_owned(), |p| p.0.to_string()),
+            method = %state.request.method(),
+            path = %state.request.path_and_query(),
+            status = parts_status(&response),
+            "mirrored"
+        );
         let (parts, body) = response.into_parts();
         let expected = if head {
             None

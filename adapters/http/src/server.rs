@@ -254,7 +254,31 @@ impl Inner {
         } else {
             Local::Absent
         };
-        match self.driver.decide(req.clone(), presence).await {
+        let decision = self.driver.decide(req.clone(), presence).await;
+        match &decision {
+            Decision::ServeLocal => tracing::info!(
+                source = "local",
+                for_peer = req.mirrored(),
+                method = %req.method(),
+                path = %req.path_and_query(),
+                "served"
+            ),
+            Decision::Fail(e) => tracing::info!(
+                status = e.status.as_u16(),
+                for_peer = req.mirrored(),
+                method = %req.method(),
+                path = %req.path_and_query(),
+                reason = %e.message,
+                "not served"
+            ),
+            Decision::Abort => tracing::warn!(
+                method = %req.method(),
+                path = %req.path_and_query(),
+                "aborted: no peer could complete the response"
+            ),
+            Decision::Relay(_) => {}
+        }
+        match decision {
             Decision::ServeLocal => match local {
                 Some(digest) => Ok(self.serve_local(&req, &digest).await),
                 // The node serves locally only what the store holds.

@@ -1,0 +1,698 @@
+//! Bootstrap: how a fresh node finds its first peers (SPEC.md §5).
+//!
+//! Three kinds, as Spegel's `--bootstrap-kind`:
+//! - [`StaticBootstrap`]: multiaddrs that name their peer (`…/p2p/<peer id>`);
+//! - [`DnsBootstrap`]: the A and AAAA records of a name (a headless Service), lowest three IPs,
+//!   dialled without knowing the peer id (the id is learnt from the connection);
+//! - [`HttpBootstrap`]: fetch `GET /id` from a URL; [`serve_id_connection`] answers it.
+//!
+//! Name resolution and TCP connections go through the [`Resolver`] and [`Connector`] traits, so
+//! tests resolve from a hosts-file map and each runtime brings its own sockets. The HTTP client
+//! and server here are a small HTTP/1.1 over any `futures` byte stream; TLS (Spegel's
+//! `--http-bootstrap-cert-dir` client certificates) is not supported.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs as _};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, FutureExt as _};
+use libp2p::{Multiaddr, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::addr::{peer_id_of, tcp_multiaddr, without_peer_id};
+
+/// How many IPs of a DNS name are dialled (the lowest ones).
+pub const DNS_BOOTSTRAP_LIMIT: usize = 3;
+
+/// The most bytes read from an HTTP message head or body.
+const HTTP_MAX: usize = 64 * 1024;
+
+/// A peer to dial when bootstrapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BootstrapPeer {
+    /// A peer whose id is known, with its addresses.
+    Known {
+        /// The peer.
+        peer: PeerId,
+        /// Its addresses (without `/p2p/`).
+        addrs: Vec<Multiaddr>,
+    },
+    /// An address whose peer id is learnt when the connection is made.
+    Address(Multiaddr),
+    /// The source named only this node (a one-node cluster, or the first node up).
+    Local,
+}
+
+/// Failure to find bootstrap peers.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// A bootstrap address or URL is malformed.
+    #[error("invalid bootstrap configuration: {0}")]
+    Invalid(String),
+    /// Resolution or connection failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The HTTP bootstrap server answered something unusable.
+    #[error("bad answer from {url}: {reason}")]
+    BadAnswer {
+        /// The URL fetched.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+/// A source of bootstrap peers, asked again each time the routing table is empty.
+pub trait Bootstrap: Send + Sync + 'static {
+    /// The peers to dial now.
+    fn peers(&self) -> BoxFuture<'static, Result<Vec<BootstrapPeer>, BootstrapError>>;
+}
+
+/// Resolves a host name to IP addresses (A and AAAA).
+pub trait Resolver: Send + Sync + 'static {
+    /// All addresses of `name`.
+    fn resolve(&self, name: &str) -> BoxFuture<'static, io::Result<Vec<IpAddr>>>;
+}
+
+/// A byte stream for the HTTP bootstrap client.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// Opens TCP connections (each runtime brings its own).
+pub trait Connector: Send + Sync + 'static {
+    /// Connects to `addr`.
+    fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn ByteStream>>>;
+}
+
+/// The system resolver (`getaddrinfo`), run on a short-lived thread so that no runtime is
+/// blocked and none is required.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolver for SystemResolver {
+    fn resolve(&self, name: &str) -> BoxFuture<'static, io::Result<Vec<IpAddr>>> {
+        let name = name.to_owned();
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("speil-resolve".into())
+            .spawn(move || {
+                let result = (name.as_str(), 0)
+                    .to_socket_addrs()
+                    .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>());
+                let _ = tx.send(result);
+            });
+        async move {
+            spawned?;
+            rx.await
+                .map_err(|_| io::Error::other("resolver thread ended without an answer"))?
+        }
+        .boxed()
+    }
+}
+
+/// A resolver answering from a fixed map, in the format of `/etc/hosts` (for tests and for
+/// clusters without DNS).
+#[derive(Debug, Clone, Default)]
+pub struct HostsResolver {
+    names: BTreeMap<String, Vec<IpAddr>>,
+}
+
+impl HostsResolver {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an address for a name.
+    pub fn insert(&mut self, name: &str, ip: IpAddr) {
+        let ips = self.names.entry(name.to_ascii_lowercase()).or_default();
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+
+    /// Parses hosts-file text: `<ip> <name> [<alias>…]` per line, `#` comments.
+    pub fn parse(text: &str) -> Result<Self, BootstrapError> {
+        let mut hosts = Self::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("");
+            let mut fields = line.split_whitespace();
+            let Some(ip) = fields.next() else { continue };
+            let ip: IpAddr = ip.parse().map_err(|_| {
+                BootstrapError::Invalid(format!("hosts line {}: {ip:?} is not an IP", n + 1))
+            })?;
+            let mut any = false;
+            for name in fields {
+                hosts.insert(name, ip);
+                any = true;
+            }
+            if !any {
+                return Err(BootstrapError::Invalid(format!(
+                    "hosts line {}: no name after {ip}",
+                    n + 1
+                )));
+            }
+        }
+        Ok(hosts)
+    }
+}
+
+impl Resolver for HostsResolver {
+    fn resolve(&self, name: &str) -> BoxFuture<'static, io::Result<Vec<IpAddr>>> {
+        let found = self
+            .names
+            .get(&name.trim_end_matches('.').to_ascii_lowercase())
+            .cloned();
+        let name = name.to_owned();
+        async move {
+            found.ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, format!("{name}: no such host"))
+            })
+        }
+        .boxed()
+    }
+}
+
+/// `static` bootstrap: fixed multiaddrs, each ending in `/p2p/<peer id>`.
+#[derive(Debug, Clone)]
+pub struct StaticBootstrap {
+    peers: Vec<BootstrapPeer>,
+}
+
+impl StaticBootstrap {
+    /// Parses the multiaddrs (`--static-bootstrap-peers`); each must name its peer.
+    pub fn new<S: AsRef<str>>(addrs: &[S]) -> Result<Self, BootstrapError> {
+        let mut peers: Vec<BootstrapPeer> = Vec::new();
+        for text in addrs {
+            let text = text.as_ref().trim();
+            let addr: Multiaddr = text
+                .parse()
+                .map_err(|e| BootstrapError::Invalid(format!("multiaddr {text:?}: {e}")))?;
+            let peer = peer_id_of(&addr).ok_or_else(|| {
+                BootstrapError::Invalid(format!(
+                    "multiaddr {text:?} does not end in /p2p/<peer id>"
+                ))
+            })?;
+            let addr = without_peer_id(&addr);
+            match peers
+                .iter_mut()
+                .find(|p| matches!(p, BootstrapPeer::Known { peer: known, .. } if *known == peer))
+            {
+                Some(BootstrapPeer::Known { addrs, .. }) => addrs.push(addr),
+                _ => peers.push(BootstrapPeer::Known {
+                    peer,
+                    addrs: vec![addr],
+                }),
+            }
+        }
+        Ok(StaticBootstrap { peers })
+    }
+}
+
+impl Bootstrap for StaticBootstrap {
+    fn peers(&self) -> BoxFuture<'static, Result<Vec<BootstrapPeer>, BootstrapError>> {
+        futures::future::ready(Ok(self.peers.clone())).boxed()
+    }
+}
+
+/// `dns` bootstrap: the lowest [`DNS_BOOTSTRAP_LIMIT`] IPs of a name, at a fixed port (the
+/// cluster's router port), dialled without a peer id.
+#[derive(Clone)]
+pub struct DnsBootstrap {
+    domain: String,
+    port: u16,
+    exclude: Vec<IpAddr>,
+    resolver: Arc<dyn Resolver>,
+}
+
+impl DnsBootstrap {
+    /// Resolves `domain` with `resolver`; peers listen on `port`.
+    pub fn new(domain: &str, port: u16, resolver: Arc<dyn Resolver>) -> Self {
+        DnsBootstrap {
+            domain: domain.to_owned(),
+            port,
+            exclude: Vec::new(),
+            resolver,
+        }
+    }
+
+    /// Leaves out the node's own IPs, so that the three chosen are other nodes. A name that
+    /// resolves to own IPs only yields [`BootstrapPeer::Local`].
+    pub fn excluding(mut self, own_ips: &[IpAddr]) -> Self {
+        self.exclude.extend_from_slice(own_ips);
+        self
+    }
+}
+
+impl Bootstrap for DnsBootstrap {
+    fn peers(&self) -> BoxFuture<'static, Result<Vec<BootstrapPeer>, BootstrapError>> {
+        let resolve = self.resolver.resolve(&self.domain);
+        let (domain, port, exclude) = (self.domain.clone(), self.port, self.exclude.clone());
+        async move {
+            let ips = resolve.await.map_err(|source| BootstrapError::Io {
+                what: format!("cannot resolve {domain}"),
+                source,
+            })?;
+            let only_self = !ips.is_empty() && ips.iter().all(|ip| exclude.contains(ip));
+            if only_self {
+                return Ok(vec![BootstrapPeer::Local]);
+            }
+            Ok(lowest_ips(ips, &exclude)
+                .into_iter()
+                .map(|ip| BootstrapPeer::Address(tcp_multiaddr(SocketAddr::new(ip, port))))
+                .collect())
+        }
+        .boxed()
+    }
+}
+
+/// The lowest [`DNS_BOOTSTRAP_LIMIT`] distinct IPs, IPv4 before IPv6, leaving out `exclude`.
+pub fn lowest_ips(mut ips: Vec<IpAddr>, exclude: &[IpAddr]) -> Vec<IpAddr> {
+    ips.retain(|ip| !exclude.contains(ip) && !ip.is_unspecified());
+    ips.sort();
+    ips.dedup();
+    ips.truncate(DNS_BOOTSTRAP_LIMIT);
+    ips
+}
+
+/// One entry of the `/id` answer, as Spegel (Go's `peer.AddrInfo`) writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrInfo {
+    /// The peer id (base58).
+    #[serde(rename = "ID")]
+    pub id: String,
+    /// Its multiaddrs.
+    #[serde(rename = "Addrs", default)]
+    pub addrs: Vec<String>,
+}
+
+/// Renders the `/id` answer for this node.
+pub fn render_id(peer: &PeerId, addrs: &[Multiaddr]) -> String {
+    let info = [AddrInfo {
+        id: peer.to_string(),
+        addrs: addrs
+            .iter()
+            .map(|a| without_peer_id(a).to_string())
+            .collect(),
+    }];
+    serde_json::to_string(&info).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Parses an `/id` answer: a JSON list of `{ID, Addrs}`, one such object, or (older Spegel) a
+/// bare multiaddr ending in `/p2p/<peer id>`.
+pub fn parse_id(body: &str) -> Result<Vec<BootstrapPeer>, String> {
+    let body = body.trim();
+    if body.starts_with('/') {
+        let addr: Multiaddr = body.parse().map_err(|e| format!("multiaddr: {e}"))?;
+        let peer = peer_id_of(&addr).ok_or("multiaddr without /p2p/<peer id>")?;
+        return Ok(vec![BootstrapPeer::Known {
+            peer,
+            addrs: vec![without_peer_id(&addr)],
+        }]);
+    }
+    let infos: Vec<AddrInfo> = if body.starts_with('{') {
+        vec![serde_json::from_str(body).map_err(|e| format!("JSON: {e}"))?]
+    } else {
+        serde_json::from_str(body).map_err(|e| format!("JSON: {e}"))?
+    };
+    let mut peers = Vec::new();
+    for info in infos {
+        let peer: PeerId = info
+            .id
+            .parse()
+            .map_err(|e| format!("peer id {:?}: {e}", info.id))?;
+        let addrs = info
+            .addrs
+            .iter()
+            .map(|a| {
+                a.parse::<Multiaddr>()
+                    .map(|a| without_peer_id(&a))
+                    .map_err(|e| format!("multiaddr {a:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if addrs.is_empty() {
+            return Err(format!("peer {peer} has no addresses"));
+        }
+        peers.push(BootstrapPeer::Known { peer, addrs });
+    }
+    Ok(peers)
+}
+
+/// `http` bootstrap: fetches `/id` from a URL (`http://host:port/path`).
+#[derive(Clone)]
+pub struct HttpBootstrap {
+    url: String,
+    host: String,
+    port: u16,
+    path: String,
+    resolver: Arc<dyn Resolver>,
+    connector: Arc<dyn Connector>,
+}
+
+impl HttpBootstrap {
+    /// Fetches from `url`, resolving its host with `resolver` and connecting with `connector`.
+    pub fn new(
+        url: &str,
+        resolver: Arc<dyn Resolver>,
+        connector: Arc<dyn Connector>,
+    ) -> Result<Self, BootstrapError> {
+        let (host, port, path) = parse_http_url(url)?;
+        Ok(HttpBootstrap {
+            url: url.to_owned(),
+            host,
+            port,
+            path,
+            resolver,
+            connector,
+        })
+    }
+}
+
+/// Splits `http://host[:port][/path]`; `https` is refused (TLS is not supported).
+fn parse_http_url(url: &str) -> Result<(String, u16, String), BootstrapError> {
+    let bad = |why: &str| BootstrapError::Invalid(format!("URL {url:?}: {why}"));
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(bad("https is not supported, use http"));
+    } else {
+        return Err(bad("must start with http://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/id"),
+    };
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad("missing or unsupported host"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().map_err(|_| bad("bad port"))?,
+        None => 80,
+    };
+    if path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(bad("bad path"));
+    }
+    Ok((host.to_owned(), port, path.to_owned()))
+}
+
+impl Bootstrap for HttpBootstrap {
+    fn peers(&self) -> BoxFuture<'static, Result<Vec<BootstrapPeer>, BootstrapError>> {
+        let this = self.clone();
+        async move {
+            let ips = match this.host.parse::<IpAddr>() {
+                Ok(ip) => vec![ip],
+                Err(_) => this.resolver.resolve(&this.host).await.map_err(|source| {
+                    BootstrapError::Io {
+                        what: format!("cannot resolve {}", this.host),
+                        source,
+                    }
+                })?,
+            };
+            let ip = ips.first().ok_or_else(|| BootstrapError::Io {
+                what: format!("cannot resolve {}", this.host),
+                source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+            })?;
+            let io_err = |what: &str| {
+                let what = format!("{what} {}", this.url);
+                move |source| BootstrapError::Io { what, source }
+            };
+            let mut stream = this
+                .connector
+                .connect(SocketAddr::new(*ip, this.port))
+                .await
+                .map_err(io_err("cannot connect to"))?;
+            let body = http_get(&mut stream, &this.host, &this.path)
+                .await
+                .map_err(io_err("cannot fetch"))?;
+            parse_id(&body).map_err(|reason| BootstrapError::BadAnswer {
+                url: this.url.clone(),
+                reason,
+            })
+        }
+        .boxed()
+    }
+}
+
+fn invalid_data(msg: impl Into<String>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.into())
+}
+
+/// Reads until the end of the message head (`\r\n\r\n`), at most [`HTTP_MAX`] bytes; returns
+/// the head and whatever body bytes came with it.
+async fn read_head<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> io::Result<(String, Vec<u8>)> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let rest = buf.split_off(end + 4);
+            let head = String::from_utf8(buf).map_err(|_| invalid_data("head is not UTF-8"))?;
+            return Ok((head, rest));
+        }
+        if buf.len() > HTTP_MAX {
+            return Err(invalid_data("message head too large"));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the end of the message head",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// `GET path` over `s` (HTTP/1.1, `Connection: close`); the body of a 200 answer.
+pub async fn http_get<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    host: &str,
+    path: &str,
+) -> io::Result<String> {
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes()).await?;
+    s.flush().await?;
+    let (head, mut body) = read_head(s).await?;
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or("");
+    let code = status.split(' ').nth(1).unwrap_or("");
+    if !status.starts_with("HTTP/1.") || code != "200" {
+        return Err(invalid_data(format!("answer {status:?}")));
+    }
+    let mut length = None;
+    let mut chunked = false;
+    for line in lines {
+        let Some((name, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let n: usize = value
+                .parse()
+                .map_err(|_| invalid_data("bad Content-Length"))?;
+            if n > HTTP_MAX {
+                return Err(invalid_data("body too large"));
+            }
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value.eq_ignore_ascii_case("chunked");
+        }
+    }
+    // Read to the end (the server closes), bounded.
+    let mut chunk = [0u8; 4096];
+    while length.is_none_or(|n| body.len() < n) {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+        if body.len() > HTTP_MAX + 64 {
+            return Err(invalid_data("body too large"));
+        }
+    }
+    if let Some(n) = length {
+        if body.len() < n {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "body shorter than Content-Length",
+            ));
+        }
+        body.truncate(n);
+    } else if chunked {
+        body = dechunk(&body).ok_or_else(|| invalid_data("bad chunked body"))?;
+    }
+    String::from_utf8(body).map_err(|_| invalid_data("body is not UTF-8"))
+}
+
+/// Decodes a complete chunked body.
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
+        let size_text = size_text.split(';').next()?.trim();
+        let size = usize::from_str_radix(size_text, 16).ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        if data.len() < size + 2 || out.len() + size > HTTP_MAX {
+            return None;
+        }
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// Answers one HTTP connection of the `/id` server: `GET /id` gets `body`, anything else a 404
+/// (or 405 for other methods on `/id`). The connection is closed afterwards.
+pub async fn serve_id_connection<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    s: &mut S,
+    body: impl FnOnce() -> String,
+) -> io::Result<()> {
+    let (head, _) = read_head(s).await?;
+    let request_line = head.split("\r\n").next().unwrap_or("");
+    let mut parts = request_line.split(' ');
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/id") => ("200 OK", "application/json", body()),
+        (_, "/id") => ("405 Method Not Allowed", "text/plain", String::new()),
+        _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(response.as_bytes()).await?;
+    s.flush().await?;
+    s.close().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_requires_peer_ids() {
+        let peer = PeerId::random();
+        let ok = StaticBootstrap::new(&[
+            format!("/ip4/127.0.0.1/tcp/5001/p2p/{peer}"),
+            format!("/ip4/127.0.0.2/tcp/5001/p2p/{peer}"),
+        ])
+        .unwrap();
+        assert_eq!(ok.peers.len(), 1);
+        assert!(StaticBootstrap::new(&["/ip4/127.0.0.1/tcp/5001"]).is_err());
+        assert!(StaticBootstrap::new(&["garbage"]).is_err());
+    }
+
+    #[test]
+    fn lowest_three() {
+        let ips: Vec<IpAddr> = [
+            "10.0.0.9",
+            "10.0.0.10",
+            "10.0.0.2",
+            "10.0.0.2",
+            "::1",
+            "10.0.0.3",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let got = lowest_ips(ips.clone(), &[]);
+        assert_eq!(
+            got,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.9"]
+                .iter()
+                .map(|s| s.parse::<IpAddr>().unwrap())
+                .collect::<Vec<_>>()
+        );
+        let got = lowest_ips(ips, &["10.0.0.2".parse().unwrap()]);
+        assert_eq!(got[0], "10.0.0.3".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn hosts_parse() {
+        let h = HostsResolver::parse("# c\n127.0.0.5 a.b  c\n\n::1 a.b\n").unwrap();
+        let got = futures::executor::block_on(h.resolve("A.B.")).unwrap();
+        assert_eq!(got.len(), 2);
+        assert!(futures::executor::block_on(h.resolve("zz")).is_err());
+        assert!(HostsResolver::parse("nope a").is_err());
+        assert!(HostsResolver::parse("127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn id_round_trip_and_formats() {
+        let peer = PeerId::random();
+        let addrs: Vec<Multiaddr> = vec!["/ip4/127.0.0.7/tcp/5001".parse().unwrap()];
+        let body = render_id(&peer, &addrs);
+        assert_eq!(
+            parse_id(&body).unwrap(),
+            vec![BootstrapPeer::Known {
+                peer,
+                addrs: addrs.clone()
+            }]
+        );
+        let one = format!(r#"{{"ID":"{peer}","Addrs":["/ip4/127.0.0.7/tcp/5001"]}}"#);
+        assert_eq!(parse_id(&one).unwrap().len(), 1);
+        let bare = format!("/ip4/127.0.0.7/tcp/5001/p2p/{peer}\n");
+        assert_eq!(parse_id(&bare).unwrap(), parse_id(&body).unwrap());
+        assert!(parse_id("[]").unwrap().is_empty());
+        assert!(parse_id(r#"[{"ID":"nope","Addrs":[]}]"#).is_err());
+        assert!(parse_id("<html>").is_err());
+        assert!(parse_id(&format!(r#"[{{"ID":"{peer}","Addrs":[]}}]"#)).is_err());
+    }
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_http_url("http://h:5002/id").unwrap(),
+            ("h".into(), 5002, "/id".into())
+        );
+        assert_eq!(
+            parse_http_url("http://[::1]:7").unwrap(),
+            ("::1".into(), 7, "/id".into())
+        );
+        assert!(parse_http_url("https://h/id").is_err());
+        assert!(parse_http_url("ftp://h").is_err());
+        assert!(parse_http_url("http://h:99999/").is_err());
+        assert!(parse_http_url("http:///id").is_err());
+    }
+
+    #[test]
+    fn chunked() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
+            b"abcde"
+        );
+        assert!(dechunk(b"zz\r\n").is_none());
+        assert!(dechunk(b"5\r\nab").is_none());
+    }
+
+    #[test]
+    fn http_exchange_over_memory() {
+        // Server side on a canned request.
+        let mut server = futures::io::Cursor::new(b"GET /id HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
+        futures::executor::block_on(serve_id_connection(&mut server, || "[1]".into())).unwrap();
+        let written = String::from_utf8(server.into_inner()).unwrap();
+        assert!(written.contains("HTTP/1.1 200 OK\r\n"), "{written}");
+        assert!(written.ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n[1]"));
+    }
+}

@@ -1,0 +1,683 @@
+//! The task that owns the swarm: applies commands from the handles, turns swarm events into
+//! lookup results and published state, and re-bootstraps while the routing table is empty.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::future::{BoxFuture, Either};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt as _};
+use futures_timer::Delay;
+use libp2p::kad;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore as _};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{self, DialError, Executor, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify};
+
+use crate::addr::{ip_of, is_advertisable, provider_ips, tcp_multiaddr};
+use crate::behaviour::{Behaviour, BehaviourEvent, ListenFilter};
+use crate::bootstrap::{Bootstrap, BootstrapError, BootstrapPeer};
+use crate::transport::BoxedTransport;
+use crate::{Command, Config, Error, Handle, KAD_PROTOCOL, Provider, Shared};
+
+/// Rounds of work the driver does before yielding to other tasks.
+const POLL_BUDGET: usize = 64;
+
+/// How often the routing table is checked while it is not empty.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Builds the swarm on `transport`, starts listening, and returns the handle and the driver
+/// future. The caller spawns the future on its runtime; `executor` runs connection tasks.
+/// The driver ends on [`Handle::shutdown`] or when every handle is dropped.
+pub fn start(
+    config: Config,
+    transport: BoxedTransport,
+    executor: impl Executor + Send + 'static,
+) -> Result<(Handle, impl Future<Output = ()> + Send + 'static), Error> {
+    let peer_id = config.keypair.public().to_peer_id();
+
+    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    kad_config
+        .set_provider_record_ttl(Some(config.provider_record_ttl))
+        .set_provider_publication_interval(Some(config.provider_publication_interval));
+    let store = MemoryStore::with_config(
+        peer_id,
+        MemoryStoreConfig {
+            max_records: config.max_records,
+            max_provided_keys: config.max_provided_keys,
+            ..MemoryStoreConfig::default()
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+    kad.set_mode(Some(kad::Mode::Server));
+    let identify = identify::Behaviour::new(
+        identify::Config::new("ipfs/0.1.0".to_owned(), config.keypair.public())
+            .with_agent_version(format!("speil/{}", env!("CARGO_PKG_VERSION")))
+            // Only the external addresses the driver confirms are announced.
+            .with_hide_listen_addrs(true),
+    );
+    let drop_loopback = config.listen.ip().is_unspecified();
+    let behaviour = Behaviour {
+        kad: ListenFilter::new(kad, drop_loopback),
+        identify,
+    };
+    let mut swarm = Swarm::new(
+        transport,
+        behaviour,
+        peer_id,
+        swarm::Config::with_executor(executor)
+            .with_idle_connection_timeout(config.idle_connection_timeout),
+    );
+    swarm
+        .listen_on(tcp_multiaddr(config.listen))
+        .map_err(|e| Error::Listen {
+            addr: config.listen,
+            reason: e.to_string(),
+        })?;
+
+    let (commands_tx, commands) = mpsc::unbounded();
+    let shared = Arc::new(Mutex::new(Shared {
+        running: true,
+        ..Shared::default()
+    }));
+    let handle = Handle {
+        commands: commands_tx,
+        shared: shared.clone(),
+        local_peer_id: peer_id,
+    };
+    let (min, max) = config.rebootstrap_backoff;
+    let mut driver = Driver {
+        swarm,
+        commands,
+        shared,
+        local: peer_id,
+        drop_loopback,
+        lookups: HashMap::new(),
+        cancels: FuturesUnordered::new(),
+        awaiting: HashMap::new(),
+        identified: HashMap::new(),
+        connections: BTreeMap::new(),
+        bootstrap: config.bootstrap.clone(),
+        bootstrap_timeout: config.bootstrap_timeout,
+        bootstrapping: None,
+        backoff_min: min,
+        backoff_max: max.max(min),
+        backoff: min,
+        timer: Delay::new(Duration::ZERO),
+        routing_table_size: 0,
+        republish_after_bootstrap: false,
+        dirty: true,
+        alone: false,
+    };
+    let run = async move {
+        futures::future::poll_fn(|cx| driver.poll(cx)).await;
+        driver
+            .shared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .running = false;
+    };
+    Ok((handle, run))
+}
+
+struct LookupState {
+    tx: mpsc::UnboundedSender<Provider>,
+    remaining: usize,
+    seen: HashSet<PeerId>,
+    /// Providers whose address is being learnt by dialling them.
+    dialling: usize,
+    query_done: bool,
+}
+
+type BootstrapResult = Result<Vec<BootstrapPeer>, BootstrapError>;
+
+struct Driver {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    shared: Arc<Mutex<Shared>>,
+    local: PeerId,
+    drop_loopback: bool,
+    lookups: HashMap<kad::QueryId, LookupState>,
+    cancels: FuturesUnordered<BoxFuture<'static, kad::QueryId>>,
+    /// Providers without a known address, dialled to learn one, and the lookups waiting.
+    awaiting: HashMap<PeerId, Vec<kad::QueryId>>,
+    /// Addresses peers announced through identify.
+    identified: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Remote addresses of open connections, per peer.
+    connections: BTreeMap<PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr)>>,
+    bootstrap: Option<Arc<dyn Bootstrap>>,
+    bootstrap_timeout: Duration,
+    bootstrapping: Option<BoxFuture<'static, BootstrapResult>>,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    backoff: Duration,
+    timer: Delay,
+    routing_table_size: usize,
+    republish_after_bootstrap: bool,
+    /// Whether connections or the routing table changed since the state was last published.
+    dirty: bool,
+    /// The last bootstrap named only this node.
+    alone: bool,
+}
+
+fn record_key(key: &speil_core::Key) -> kad::RecordKey {
+    kad::RecordKey::new(&key.multihash())
+}
+
+impl Driver {
+    fn kad(&mut self) -> &mut kad::Behaviour<MemoryStore> {
+        &mut self.swarm.behaviour_mut().kad.inner
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..POLL_BUDGET {
+            let mut progressed = false;
+            match self.commands.poll_next_unpin(cx) {
+                Poll::Ready(Some(Command::Shutdown)) | Poll::Ready(None) => {
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Some(command)) => {
+                    self.command(command);
+                    progressed = true;
+                }
+                Poll::Pending => {}
+            }
+            match self.swarm.poll_next_unpin(cx) {
+                Poll::Ready(Some(event)) => {
+                    self.swarm_event(event);
+                    progressed = true;
+                }
+                Poll::Ready(None) => return Poll::Ready(()),
+                Poll::Pending => {}
+            }
+            while let Poll::Ready(Some(id)) = self.cancels.poll_next_unpin(cx) {
+                if self.lookups.remove(&id).is_some()
+                    && let Some(mut query) = self.kad().query_mut(&id)
+                {
+                    query.finish();
+                }
+            }
+            if let Some(fut) = self.bootstrapping.as_mut()
+                && let Poll::Ready(result) = fut.poll_unpin(cx)
+            {
+                self.bootstrapping = None;
+                self.bootstrapped(result);
+                progressed = true;
+            }
+            if self.timer.poll_unpin(cx).is_ready() {
+                self.tick();
+                progressed = true;
+            }
+            if self.dirty {
+                self.dirty = false;
+                self.publish();
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+        // Still busy: let the other tasks of this thread run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Advertise(keys) => {
+                for key in keys {
+                    if let Err(e) = self.kad().start_providing(record_key(&key)) {
+                        tracing::warn!(%key, error = %e, "cannot advertise key");
+                    }
+                }
+            }
+            Command::Withdraw(keys) => {
+                for key in keys {
+                    self.kad().stop_providing(&record_key(&key));
+                }
+            }
+            Command::Lookup {
+                key,
+                count,
+                tx,
+                cancelled,
+            } => {
+                if count == 0 || tx.is_closed() {
+                    return;
+                }
+                let id = self.kad().get_providers(record_key(&key));
+                tracing::debug!(?id, %key, count, "lookup");
+                self.lookups.insert(
+                    id,
+                    LookupState {
+                        tx,
+                        remaining: count,
+                        seen: HashSet::new(),
+                        dialling: 0,
+                        query_done: false,
+                    },
+                );
+                self.cancels.push(
+                    async move {
+                        let _ = cancelled.await;
+                        id
+                    }
+                    .boxed(),
+                );
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    /// The addresses known for a peer: what it announced, else its routing table entry, else
+    /// the remote addresses of its connections.
+    fn addrs_of(&mut self, peer: PeerId) -> Vec<Multiaddr> {
+        let mut addrs: Vec<Multiaddr> = self.identified.get(&peer).cloned().unwrap_or_default();
+        if addrs.is_empty()
+            && let Some(bucket) = self.kad().kbucket(peer)
+            && let Some(entry) = bucket.iter().find(|e| e.node.key.preimage() == &peer)
+        {
+            addrs.extend(entry.node.value.iter().cloned());
+        }
+        if addrs.is_empty()
+            && let Some(conns) = self.connections.get(&peer)
+        {
+            addrs.extend(conns.iter().map(|(_, a)| a.clone()));
+        }
+        addrs.dedup();
+        addrs
+    }
+
+    fn provider(&mut self, peer: PeerId) -> Option<Provider> {
+        let addrs = self.addrs_of(peer);
+        let ips = provider_ips(&addrs);
+        if ips.is_empty() {
+            return None;
+        }
+        Some(Provider { peer, addrs, ips })
+    }
+
+    fn providers_found(&mut self, id: kad::QueryId, mut providers: Vec<PeerId>) {
+        providers.sort();
+        for peer in providers {
+            if peer == self.local {
+                continue;
+            }
+            let Some(lookup) = self.lookups.get_mut(&id) else {
+                return;
+            };
+            if lookup.remaining == 0 || !lookup.seen.insert(peer) {
+                continue;
+            }
+            match self.provider(peer) {
+                Some(provider) => {
+                    tracing::debug!(?id, %peer, "provider found");
+                    self.deliver(id, provider)
+                }
+                None => {
+                    tracing::debug!(?id, %peer, "provider found, dialling it for its address");
+                    // Kademlia knows the provider's addresses from the query but does not hand
+                    // them out: dial the peer (it uses them) and report it once connected.
+                    let opts = DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    let waiting = self.awaiting.entry(peer).or_default();
+                    let first = waiting.is_empty();
+                    waiting.push(id);
+                    if let Some(lookup) = self.lookups.get_mut(&id) {
+                        lookup.dialling += 1;
+                    }
+                    if first {
+                        match self.swarm.dial(opts) {
+                            Ok(()) => {}
+                            // A dial is already under way: its outcome resolves this one too.
+                            Err(DialError::DialPeerConditionFalse(_)) => {}
+                            Err(e) => {
+                                tracing::debug!(%peer, error = %e, "cannot dial provider");
+                                self.dial_resolved(peer);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.close_if_done(id);
+    }
+
+    fn deliver(&mut self, id: kad::QueryId, provider: Provider) {
+        let Some(lookup) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        if lookup.remaining == 0 {
+            return;
+        }
+        if lookup.tx.unbounded_send(provider).is_err() {
+            lookup.remaining = 0;
+        } else {
+            lookup.remaining -= 1;
+        }
+    }
+
+    fn close_if_done(&mut self, id: kad::QueryId) {
+        let Some(lookup) = self.lookups.get(&id) else {
+            return;
+        };
+        let done = lookup.remaining == 0 || (lookup.query_done && lookup.dialling == 0);
+        if done {
+            self.lookups.remove(&id);
+            if let Some(mut query) = self.kad().query_mut(&id) {
+                query.finish();
+            }
+        }
+    }
+
+    /// A dial to learn a provider's address ended (connected or failed).
+    fn dial_resolved(&mut self, peer: PeerId) {
+        let Some(ids) = self.awaiting.remove(&peer) else {
+            return;
+        };
+        let provider = self.provider(peer);
+        for id in ids {
+            if let Some(lookup) = self.lookups.get_mut(&id) {
+                lookup.dialling = lookup.dialling.saturating_sub(1);
+            }
+            if let Some(provider) = provider.clone() {
+                self.deliver(id, provider);
+            }
+            self.close_if_done(id);
+        }
+    }
+
+    fn swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        // Only these change what `publish` computes (peers, routing table size).
+        let changes_state = matches!(
+            event,
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(
+                kad::Event::RoutingUpdated { .. }
+                    | kad::Event::UnroutablePeer { .. }
+                    | kad::Event::RoutablePeer { .. }
+                    | kad::Event::PendingRoutablePeer { .. }
+            )) | SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { .. }))
+                | SwarmEvent::ConnectionEstablished { .. }
+                | SwarmEvent::ConnectionClosed { .. }
+                | SwarmEvent::OutgoingConnectionError { .. }
+        );
+        if changes_state {
+            self.dirty = true;
+        }
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad_event(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(event)) => self.identify_event(event),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                self.connections
+                    .entry(peer_id)
+                    .or_default()
+                    .push((connection_id, endpoint.get_remote_address().clone()));
+                self.dial_resolved(peer_id);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                if let Some(conns) = self.connections.get_mut(&peer_id) {
+                    conns.retain(|(c, _)| *c != connection_id);
+                    if conns.is_empty() {
+                        self.connections.remove(&peer_id);
+                    }
+                }
+                // The last connection to a peer broke (it was not closed for idleness): dial it
+                // again. If that fails the peer leaves the routing table (see the dial error
+                // below), so that a node whose peers are all gone bootstraps again.
+                if num_established == 0 && cause.is_some() {
+                    let opts = DialOpts::peer_id(peer_id)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!(peer = %peer_id, error = %e, "cannot redial peer");
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let Some(peer) = peer_id {
+                    self.dial_resolved(peer);
+                    // A peer that cannot be reached at any address leaves the routing table,
+                    // so that an unreachable cluster empties it and bootstrapping starts again.
+                    let unreachable = matches!(
+                        error,
+                        DialError::Transport(_) | DialError::WrongPeerId { .. }
+                    );
+                    if unreachable && !self.connections.contains_key(&peer) {
+                        self.kad().remove_peer(&peer);
+                        self.identified.remove(&peer);
+                    }
+                }
+                tracing::debug!(?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "p2p listening");
+                let advertise = is_advertisable(&address, self.drop_loopback);
+                if advertise {
+                    self.swarm.add_external_address(address.clone());
+                }
+                let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+                if advertise {
+                    shared.advertised_addrs.push(address.clone());
+                }
+                shared.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.swarm.remove_external_address(&address);
+                let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+                shared.listen_addrs.retain(|a| *a != address);
+                shared.advertised_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "p2p listener error");
+            }
+            _ => {}
+        }
+    }
+
+    fn kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                kad::QueryResult::GetProviders(result) => {
+                    if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+                        self.providers_found(id, providers.into_iter().collect());
+                    }
+                    if step.last {
+                        if let Some(lookup) = self.lookups.get_mut(&id) {
+                            lookup.query_done = true;
+                        }
+                        self.close_if_done(id);
+                    }
+                }
+                kad::QueryResult::Bootstrap(result) => {
+                    let finished = match &result {
+                        Ok(ok) => ok.num_remaining == 0,
+                        Err(_) => true,
+                    };
+                    if finished && step.last && self.republish_after_bootstrap {
+                        self.republish_after_bootstrap = false;
+                        self.republish();
+                    }
+                }
+                kad::QueryResult::StartProviding(Err(e)) => {
+                    tracing::debug!(error = ?e, "publishing a provider record failed");
+                }
+                _ => {}
+            },
+            kad::Event::RoutingUpdated { peer, .. } => {
+                tracing::debug!(%peer, "routing table updated");
+            }
+            _ => {}
+        }
+    }
+
+    /// Publishes every key this node provides again (after joining, so that keys advertised
+    /// while the node was alone reach the network without waiting for the republish interval).
+    fn republish(&mut self) {
+        let keys: Vec<kad::RecordKey> = self
+            .kad()
+            .store_mut()
+            .provided()
+            .map(|r| r.key.clone())
+            .collect();
+        for key in keys {
+            if let Err(e) = self.kad().start_providing(key) {
+                tracing::warn!(error = %e, "cannot republish key");
+            }
+        }
+    }
+
+    fn identify_event(&mut self, event: identify::Event) {
+        if let identify::Event::Received { peer_id, info, .. } = event {
+            let addrs: Vec<Multiaddr> = info
+                .listen_addrs
+                .into_iter()
+                .filter(|a| ip_of(a).is_some_and(|ip| !ip.is_unspecified()))
+                .collect();
+            let speaks_kad = info.protocols.iter().any(|p| p.as_ref() == KAD_PROTOCOL);
+            if speaks_kad {
+                for addr in &addrs {
+                    self.kad().add_address(&peer_id, addr.clone());
+                }
+            }
+            if !addrs.is_empty() {
+                self.identified.insert(peer_id, addrs);
+            }
+        }
+    }
+
+    fn tick(&mut self) {
+        // Routing table entries can also change without an event (pending entries applied).
+        self.publish();
+        let next = if self.routing_table_size == 0 {
+            self.start_bootstrap();
+            let wait = self.backoff;
+            self.backoff = (self.backoff * 2).min(self.backoff_max);
+            wait
+        } else {
+            self.backoff = self.backoff_min;
+            CHECK_INTERVAL
+        };
+        self.timer = Delay::new(next);
+    }
+
+    fn start_bootstrap(&mut self) {
+        if self.bootstrapping.is_some() {
+            return;
+        }
+        let Some(bootstrap) = self.bootstrap.clone() else {
+            return;
+        };
+        let timeout = self.bootstrap_timeout;
+        let peers = bootstrap.peers();
+        self.bootstrapping = Some(
+            async move {
+                match futures::future::select(peers, Delay::new(timeout)).await {
+                    Either::Left((result, _)) => result,
+                    Either::Right(_) => Err(BootstrapError::Io {
+                        what: "bootstrap".to_owned(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no answer within {timeout:?}"),
+                        ),
+                    }),
+                }
+            }
+            .boxed(),
+        );
+    }
+
+    fn bootstrapped(&mut self, result: BootstrapResult) {
+        let peers = match result {
+            Ok(peers) => peers,
+            Err(e) => {
+                tracing::warn!(error = %e, "bootstrap failed");
+                return;
+            }
+        };
+        if peers.is_empty() {
+            tracing::debug!("bootstrap found no peers");
+        }
+        let alone = !peers.is_empty()
+            && peers.iter().all(|p| match p {
+                BootstrapPeer::Local => true,
+                BootstrapPeer::Known { peer, .. } => *peer == self.local,
+                BootstrapPeer::Address(_) => false,
+            });
+        if alone != self.alone {
+            self.alone = alone;
+            self.dirty = true;
+        }
+        for peer in peers {
+            let (opts, what) = match peer {
+                BootstrapPeer::Local => continue,
+                BootstrapPeer::Known { peer, .. } if peer == self.local => continue,
+                BootstrapPeer::Known { peer, addrs } => (
+                    DialOpts::peer_id(peer)
+                        .addresses(addrs)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build(),
+                    peer.to_string(),
+                ),
+                BootstrapPeer::Address(addr) => {
+                    let what = addr.to_string();
+                    (DialOpts::unknown_peer_id().address(addr).build(), what)
+                }
+            };
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(peer = %what, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+    }
+
+    /// Publishes the state the handles read; starts a bootstrap when the routing table just
+    /// became empty, and a Kademlia bootstrap when it just stopped being empty.
+    fn publish(&mut self) {
+        let size: usize = self.kad().kbuckets().map(|b| b.num_entries()).sum();
+        if size != self.routing_table_size {
+            if size == 0 {
+                self.backoff = self.backoff_min;
+                self.timer = Delay::new(Duration::ZERO);
+            } else if self.routing_table_size == 0 {
+                // Fill the routing table, then republish what was advertised meanwhile.
+                self.republish_after_bootstrap = self.kad().bootstrap().is_ok();
+            }
+            self.routing_table_size = size;
+        }
+        let peers: BTreeMap<PeerId, Vec<Multiaddr>> = self
+            .connections
+            .iter()
+            .map(|(peer, conns)| {
+                let addrs = match self.identified.get(peer) {
+                    Some(addrs) => addrs.clone(),
+                    None => conns.iter().map(|(_, a)| a.clone()).collect(),
+                };
+                (*peer, addrs)
+            })
+            .collect();
+        let active_queries = self.kad().iter_queries().count();
+        let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.routing_table_size = size;
+        shared.active_queries = active_queries;
+        shared.alone = self.alone;
+        if shared.peers != peers {
+            shared.peers = peers;
+        }
+    }
+}

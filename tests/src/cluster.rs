@@ -1,0 +1,122 @@
+//! A harness with a `speil registry` on every node and containerd pointed at it through the
+//! `hosts.toml` that `speil configuration` writes — the shape of a real cluster.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+
+use crate::images::TestImage;
+use crate::speil::{self, Ports, Speil};
+use crate::{Harness, Node, http};
+
+/// The nodes, their speils and the upstream registry. Stopped on drop.
+pub struct Cluster {
+    /// `speils[i]` runs on `h.nodes[i]`.
+    pub speils: Vec<Speil>,
+    /// The registry and the containerd nodes.
+    pub h: Harness,
+}
+
+impl Cluster {
+    /// Starts `nodes` nodes, each with containerd and speil, bootstrapped over HTTP from the
+    /// first, and waits until every speil is ready (or, alone, serving).
+    pub fn start(nodes: usize) -> Result<Cluster> {
+        let h = Harness::start(nodes)?;
+        let ports = Ports::for_block(h.block.index());
+        let first: Ipv4Addr = h.nodes[0].address;
+        let mut speils = Vec::new();
+        for node in &h.nodes {
+            let s = Speil::start(node, ports, first, &[])?;
+            configure(node, &s, &h.registry.host())?;
+            speils.push(s);
+        }
+        for s in &mut speils {
+            if nodes > 1 {
+                s.wait_ready(Duration::from_secs(20))?;
+            } else {
+                // Alone, a node has no peers and never reports ready; it still serves.
+                s.wait_serving(Duration::from_secs(20))?;
+            }
+        }
+        Ok(Cluster { speils, h })
+    }
+
+    /// The upstream registry's `host:port`.
+    pub fn registry(&self) -> String {
+        self.h.registry.host()
+    }
+}
+
+/// Writes the node's `hosts.toml` with `speil configuration`, as the init container does.
+pub fn configure(node: &Node, s: &Speil, registry: &str) -> Result<()> {
+    let out = Command::new(speil::binary()?)
+        .arg("configuration")
+        .arg(format!(
+            "--containerd-registry-config-path={}",
+            node.certs_dir().display()
+        ))
+        .arg(format!("--mirror-targets={}", s.mirror_url()))
+        .arg(format!("--mirrored-registries=http://{registry}"))
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "speil configuration failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Waits until speil `s` answers 200 for `HEAD` of the image's tag (the tag is findable
+/// through the DHT).
+pub fn wait_findable(s: &Speil, image: &TestImage, registry: &str, within: Duration) -> Result<()> {
+    let path = format!(
+        "/v2/{}/manifests/{}?ns={}",
+        image.name,
+        image.tag,
+        registry.replace(':', "%3A")
+    );
+    let deadline = Instant::now() + within;
+    loop {
+        let r = http::request(s.registry_addr(), "HEAD", &path, &[])?;
+        if r.status == 200 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{path} still {} on {} after {within:?}: {}",
+                r.status,
+                s.address,
+                s.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where a node's speil says a digest came from: `local`, `peer <addr>`, or `upstream` when
+/// speil answered 404 (containerd then fell back to the registry) or was not asked.
+pub fn source_of(s: &Speil, digest: &str) -> String {
+    let log = s.log_text();
+    let mut source = "upstream".to_owned();
+    for line in log.lines().filter(|l| l.contains(digest)) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let f = &v["fields"];
+        if f["for_peer"] == true {
+            // This node serving a peer, not its own containerd.
+            continue;
+        }
+        match f["message"].as_str() {
+            Some("mirrored") if f["method"] == "GET" => {
+                source = format!("peer {}", f["peer"].as_str().unwrap_or("?"));
+            }
+            Some("served") if f["method"] == "GET" => source = "local".to_owned(),
+            _ => {}
+        }
+    }
+    source
+}

@@ -1,0 +1,241 @@
+//! A `speil registry` process for one harness node, stopped by PID on drop.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::containerd::Node;
+use crate::http;
+
+/// Finds the `speil` binary: `$SPEIL_BIN`, else next to the test executable's directory
+/// (`target/<profile>/speil`), which `cargo test --workspace` builds.
+pub fn binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SPEIL_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().map(Path::to_path_buf);
+    while let Some(d) = dir {
+        let candidate = d.join("speil");
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent().map(Path::to_path_buf);
+    }
+    bail!(
+        "the speil binary was not found next to the tests: run `cargo build -p speil` first or set SPEIL_BIN"
+    )
+}
+
+/// The ports every speil of one harness uses (peers' registries share the port, as on a
+/// cluster). Derived from the address block, so parallel harnesses never collide.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// `--registry-addr` port.
+    pub registry: u16,
+    /// `--router-addr` port.
+    pub router: u16,
+    /// `--metrics-addr` port.
+    pub metrics: u16,
+    /// `--http-bootstrap-addr` port.
+    pub bootstrap: u16,
+}
+
+impl Ports {
+    /// The ports of the harness with address block `block`.
+    pub fn for_block(block: u8) -> Ports {
+        let base = 30_000 + u16::from(block) * 4;
+        Ports {
+            registry: base,
+            router: base + 1,
+            metrics: base + 2,
+            bootstrap: base + 3,
+        }
+    }
+}
+
+/// A running `speil registry`.
+pub struct Speil {
+    /// The node's address.
+    pub address: Ipv4Addr,
+    /// The ports.
+    pub ports: Ports,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Speil {
+    /// Starts `speil registry` for `node`, bootstrapping over HTTP from `bootstrap_from`
+    /// (a node address; the node's own address for the first one). `extra` flags are appended.
+    pub fn start(
+        node: &Node,
+        ports: Ports,
+        bootstrap_from: Ipv4Addr,
+        extra: &[String],
+    ) -> Result<Speil> {
+        let dir = node.dir().join("speil");
+        std::fs::create_dir_all(&dir)?;
+        let log = dir.join("speil.log");
+        let out = std::fs::File::create(&log)?;
+        let a = node.address;
+        let mut cmd = Command::new(binary()?);
+        cmd.arg("registry")
+            .arg(format!("--registry-addr={a}:{}", ports.registry))
+            .arg(format!("--router-addr={a}:{}", ports.router))
+            .arg(format!("--metrics-addr={a}:{}", ports.metrics))
+            .arg(format!("--containerd-sock={}", node.socket().display()))
+            .arg(format!(
+                "--containerd-content-path={}",
+                node.content_path().display()
+            ))
+            .arg(format!(
+                "--containerd-registry-config-path={}",
+                node.certs_dir().display()
+            ))
+            .arg(format!("--data-dir={}", dir.display()))
+            .arg("--bootstrap-kind=http")
+            .arg(format!("--http-bootstrap-addr={a}:{}", ports.bootstrap))
+            .arg(format!(
+                "--http-bootstrap-url=http://{bootstrap_from}:{}/id",
+                ports.bootstrap
+            ))
+            .arg("--log-level=INFO")
+            .args(extra)
+            .env_remove("REGISTRY_ADDR")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = cmd.spawn().context("starting speil")?;
+        Ok(Speil {
+            address: a,
+            ports,
+            log,
+            child: Some(child),
+        })
+    }
+
+    /// The registry address (`<node>:<registry port>`).
+    pub fn registry_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.address, self.ports.registry))
+    }
+
+    /// The metrics address.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        SocketAddr::from((self.address, self.ports.metrics))
+    }
+
+    /// The mirror URL containerd should be pointed at.
+    pub fn mirror_url(&self) -> String {
+        format!("http://{}", self.registry_addr())
+    }
+
+    /// Waits until `GET /livez` answers (the process serves).
+    pub fn wait_serving(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for("/livez", timeout)
+    }
+
+    /// Waits until `GET /readyz` answers 200 (router has peers, store connected).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for("/readyz", timeout)
+    }
+
+    fn wait_for(&mut self, path: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                self.child = None;
+                bail!(
+                    "speil on {} exited with {status}: {}",
+                    self.address,
+                    self.log_tail()
+                );
+            }
+            if let Ok(r) = http::request(self.registry_addr(), "GET", path, &[])
+                && r.status == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "speil on {} not answering {path} 200 after {timeout:?}: {}",
+                    self.address,
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The text of `/metrics`.
+    pub fn metrics(&self) -> Result<String> {
+        let body = http::get_ok(self.metrics_addr(), "/metrics")?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// The value of the metric line starting with `prefix` (name and labels), or 0.
+    pub fn metric(&self, prefix: &str) -> Result<f64> {
+        Ok(self
+            .metrics()?
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The whole log (JSON lines).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The last lines of the log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Sends SIGTERM and waits up to `timeout` for the process to exit; returns its status code.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let Some(mut child) = self.child.take() else {
+            bail!("speil is not running");
+        };
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status.code());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("speil did not exit within {timeout:?} of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Speil {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,290 @@
+//! End to end (DESIGN.md §3, layer 5): an upstream registry, three nodes each with a real
+//! containerd and a real `speil registry`, containerd configured by `speil configuration`, and
+//! pulls through the CRI exactly as kubelet does them.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use speil_core::Digest;
+use speil_tests::cluster::{Cluster, wait_findable};
+use speil_tests::{Speil, TestImage, http, images, require_components};
+
+/// Every blob of the image's host platform, fetched from `s` by digest (without `ns`), hashes
+/// to its digest and equals the bytes of the image's layout.
+fn assert_bytes_match(s: &Speil, image: &TestImage) -> Result<()> {
+    let p = image.host_platform()?;
+    let mut digests: Vec<&Digest> = vec![&p.manifest, &p.config];
+    digests.extend(p.layers.iter());
+    for d in digests {
+        let r = http::request(
+            s.registry_addr(),
+            "GET",
+            &format!("/v2/{}/blobs/{d}", image.name),
+            &[],
+        )?;
+        assert_eq!(r.status, 200, "{d} from {}", s.address);
+        assert!(
+            d.verifies(&r.body),
+            "{d} from {} does not verify",
+            s.address
+        );
+        assert_eq!(r.body, image.blob(d)?, "{d}");
+    }
+    Ok(())
+}
+
+/// `spegel_mirror_requests_total{cache="hit"}` summed over registries.
+fn hits(s: &Speil) -> Result<f64> {
+    Ok(s.metrics()?
+        .lines()
+        .filter(|l| l.starts_with("spegel_mirror_requests_total{") && l.contains("cache=\"hit\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_are_served_by_peers_after_the_upstream_is_gone() -> Result<()> {
+    if !require_components() {
+        return Ok(());
+    }
+    let mut c = Cluster::start(3)?;
+    let reg = c.registry();
+    let small = images::small()?;
+    let multi = images::multi()?;
+    let large = images::large()?;
+    for image in [small, multi, large] {
+        c.h.registry.push(image)?;
+    }
+    // Node 0 pulls from the upstream (its speil has nobody to ask yet).
+    for image in [small, multi, large] {
+        c.h.nodes[0].cri_pull(&image.reference(&reg)).await?;
+    }
+    // containerd asked its mirror first (the hosts.toml of `speil configuration` took
+    // effect): node 0's speil saw the tag request and answered 404, so containerd fell back.
+    let asked = format!(
+        "/v2/{}/manifests/{}?ns={}",
+        small.name,
+        small.tag,
+        reg.replace(':', "%3A")
+    );
+    assert!(
+        c.speils[0]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("not served") && l.contains(&asked)),
+        "node 0's speil was not asked for {asked}"
+    );
+    for image in [small, multi, large] {
+        wait_findable(&c.speils[1], image, &reg, Duration::from_secs(10))?;
+    }
+    c.h.registry.stop();
+    // Node 1 by tag, node 2 by digest: both from the cluster only.
+    for image in [small, multi, large] {
+        let t = Instant::now();
+        c.h.nodes[1]
+            .cri_pull(&image.reference(&reg))
+            .await
+            .with_context(|| c.speils[1].log_tail())?;
+        eprintln!("node 1 pulled {} by tag in {:?}", image.name, t.elapsed());
+        c.h.nodes[2]
+            .cri_pull(&image.digest_reference(&reg))
+            .await
+            .with_context(|| c.speils[2].log_tail())?;
+    }
+    for i in 1..3 {
+        assert!(hits(&c.speils[i])? > 0.0, "node {i} mirrored nothing");
+        for layer in &large.host_platform()?.layers {
+            let source = speil_tests::cluster::source_of(&c.speils[i], layer.as_str());
+            assert!(
+                source.starts_with("peer "),
+                "node {i}: {layer} came from {source}"
+            );
+        }
+        for image in [small, multi, large] {
+            assert_bytes_match(&c.speils[i], image)?;
+        }
+    }
+    drop(c);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_killed_mid_blob_does_not_break_the_pull() -> Result<()> {
+    if !require_components() {
+        return Ok(());
+    }
+    let mut c = Cluster::start(3)?;
+    let reg = c.registry();
+    let large = images::large()?;
+    c.h.registry.push(large)?;
+    c.h.nodes[0].cri_pull(&large.reference(&reg)).await?;
+    c.h.nodes[1].cri_pull(&large.reference(&reg)).await?;
+    wait_findable(&c.speils[2], large, &reg, Duration::from_secs(10))?;
+    c.h.registry.stop();
+    let reference = large.reference(&reg);
+    let node2 = c.h.nodes.remove(2);
+    let pull = tokio::spawn(async move {
+        let r = node2.cri_pull(&reference).await;
+        (r, node2)
+    });
+    // Kill one holder while the layers stream.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.speils[0].kill();
+    let (r, _node2) = pull.await?;
+    r.with_context(|| c.speils[2].log_tail())?;
+    assert_bytes_match(&c.speils[2], large)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_tag_is_found_and_a_removed_image_gives_a_clean_404() -> Result<()> {
+    if !require_components() {
+        return Ok(());
+    }
+    let mut c = Cluster::start(2)?;
+    let reg = c.registry();
+    let small = images::small()?;
+    c.h.registry.push(small)?;
+    // speil is already running: the tag is pulled after start-up.
+    c.h.nodes[0].cri_pull(&small.reference(&reg)).await?;
+    let t = Instant::now();
+    wait_findable(&c.speils[1], small, &reg, Duration::from_secs(5))?;
+    eprintln!("late tag findable after {:?}", t.elapsed());
+    // Remove every record of the image on its only holder; the upstream is gone too.
+    let client = c.h.nodes[0].client(false).await?;
+    for image in client.list_images().await? {
+        client.remove_image(&image.name).await?;
+    }
+    c.h.registry.stop();
+    let path = format!(
+        "/v2/{}/manifests/{}?ns={}",
+        small.name,
+        small.tag,
+        reg.replace(':', "%3A")
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let t = Instant::now();
+        let r = http::request(c.speils[1].registry_addr(), "GET", &path, &[])?;
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "no hang: {:?}",
+            t.elapsed()
+        );
+        if r.status == 404 {
+            let body = String::from_utf8_lossy(&r.body);
+            assert!(body.contains("MANIFEST_UNKNOWN"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} after removal",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // And the CRI pull fails (cleanly, within the budget) instead of hanging.
+    let t = Instant::now();
+    let pulled = c.h.nodes[1].cri_pull(&small.reference(&reg)).await;
+    assert!(pulled.is_err());
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_api_statuses_over_real_http() -> Result<()> {
+    if !require_components() {
+        return Ok(());
+    }
+    let mut c = Cluster::start(1)?;
+    let reg = c.registry();
+    let small = images::small()?;
+    c.h.registry.push(small)?;
+    c.h.nodes[0].cri_pull(&small.reference(&reg)).await?;
+    let s = &c.speils[0];
+    let a = s.registry_addr();
+    let ns = reg.replace(':', "%3A");
+    let p = small.host_platform()?;
+    let layer = &p.layers[0];
+    let size = small.sizes[layer];
+    let bytes = small.blob(layer)?;
+    let blob = format!("/v2/{}/blobs/{layer}", small.name);
+
+    let r = http::request(a, "GET", "/v2/", &[])?;
+    assert_eq!(r.status, 200);
+    // Digest without ns is served; HEAD has the headers and no body.
+    let r = http::request(a, "HEAD", &blob, &[])?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some(size.to_string().as_str()));
+    assert_eq!(r.header("docker-content-digest"), Some(layer.as_str()));
+    assert_eq!(r.header("accept-ranges"), Some("bytes"));
+    assert!(r.body.is_empty());
+    // Ranges.
+    let r = http::request(a, "GET", &blob, &[("Range", "bytes=10-19")])?;
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, bytes[10..20]);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes 10-19/{size}").as_str())
+    );
+    let r = http::request(a, "GET", &blob, &[("Range", "bytes=-5")])?;
+    assert_eq!(r.body, bytes[bytes.len() - 5..]);
+    let r = http::request(a, "GET", &blob, &[("Range", &format!("bytes={size}-"))])?;
+    assert_eq!(r.status, 416);
+    assert_eq!(
+        r.header("content-range"),
+        Some(format!("bytes */{size}").as_str())
+    );
+    let r = http::request(a, "GET", &blob, &[("Range", "bytes=0-1,5-6")])?;
+    assert_eq!(r.status, 416);
+    let r = http::request(a, "GET", &blob, &[("Range", "pages=1")])?;
+    assert_eq!(r.status, 416);
+    // Manifests by tag need ns; by digest they do not.
+    let by_tag = format!("/v2/{}/manifests/{}", small.name, small.tag);
+    let r = http::request(a, "GET", &by_tag, &[])?;
+    assert_eq!(r.status, 400);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"errors\""));
+    let r = http::request(a, "GET", &format!("{by_tag}?ns={ns}"), &[])?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("docker-content-digest"), Some(small.top.as_str()));
+    assert_eq!(r.header("oci-namespace"), Some(reg.as_str()));
+    // A manifest request for a layer digest is not a manifest.
+    let r = http::request(
+        a,
+        "GET",
+        &format!("/v2/{}/manifests/{layer}", small.name),
+        &[],
+    )?;
+    assert_eq!(r.status, 404);
+    assert!(String::from_utf8_lossy(&r.body).contains("MANIFEST_UNKNOWN"));
+    // Malformed input.
+    for (method, path, want) in [
+        ("GET", "/v2/UPPER/blobs/sha256:abc", 400),
+        ("GET", "/v2/x/blobs/md5:zz", 400),
+        ("GET", "/v2/x/other/y", 404),
+        ("GET", "/nothing", 404),
+        ("DELETE", blob.as_str(), 405),
+        ("PUT", "/v2/", 405),
+    ] {
+        let r = http::request(a, method, path, &[])?;
+        assert_eq!(r.status, want, "{method} {path}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("\"errors\""),
+            "{method} {path}"
+        );
+    }
+    let long = format!("/v2/{}/blobs/{layer}", "a/".repeat(3000));
+    let r = http::request(a, "GET", &long, &[])?;
+    assert!(matches!(r.status, 400 | 414), "{}", r.status);
+    let huge = "x".repeat(20 * 1024);
+    let r = http::request(a, "GET", &blob, &[("X-Huge", &huge)]);
+    if let Ok(r) = r {
+        assert!(matches!(r.status, 431 | 400), "{}", r.status);
+    }
+    // The server is still fine afterwards.
+    assert_eq!(http::request(a, "GET", "/v2/", &[])?.status, 200);
+    // Graceful shutdown: SIGTERM exits 0.
+    let code = c.speils[0].terminate(Duration::from_secs(10))?;
+    assert_eq!(code, Some(0));
+    Ok(())
+}

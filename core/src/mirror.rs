@@ -425,11 +425,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         id: LookupId,
         providers: Vec<P>,
     ) -> Result<(), MirrorError> {
-        let key = self
-            .lookup_keys
-            .get(&id)
-            .ok_or(MirrorError::UnknownLookup(id))?
-            .clone();
+        let key = self.lookup_key(id)?;
         let Some(lookup) = self.lookups.get_mut(&key) else {
             return Err(MirrorError::UnknownLookup(id));
         };
@@ -460,11 +456,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         now: Instant,
         id: LookupId,
     ) -> Result<(), MirrorError> {
-        let key = self
-            .lookup_keys
-            .get(&id)
-            .ok_or(MirrorError::UnknownLookup(id))?
-            .clone();
+        let key = self.lookup_key(id)?;
         let Some(lookup) = self.lookups.get_mut(&key) else {
             return Err(MirrorError::UnknownLookup(id));
         };
@@ -769,6 +761,13 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     }
 
     // ---- internals ----
+
+    fn lookup_key(&self, id: LookupId) -> Result<Key, MirrorError> {
+        self.lookup_keys
+            .get(&id)
+            .cloned()
+            .ok_or(MirrorError::UnknownLookup(id))
+    }
 
     fn observe_ttfb(&mut self, d: Duration) {
         if self.ttfb.len() >= self.config.ttfb_window.max(1) {

@@ -381,7 +381,7 @@ fn parse_ns(query: &str) -> Result<Option<String>, OciError> {
 
 /// Decodes `%XX` escapes and `+` (as a space, like form encoding). `None` on a broken escape
 /// or when the result is not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
+pub fn percent_decode(s: &str) -> Option<String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -413,6 +413,13 @@ fn hex_value(c: u8) -> Option<u8> {
         b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
     }
+}
+
+/// Percent-encodes every byte of `s` but `A-Za-z0-9-._~` (a query value).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    percent_encode_into(s, &mut out);
+    out
 }
 
 fn percent_encode_into(s: &str, out: &mut String) {

@@ -4,6 +4,7 @@ mod cli;
 mod config_cmds;
 mod fsplan;
 mod probe;
+mod process_metrics;
 mod registry;
 
 use std::process::ExitCode;

@@ -237,9 +237,9 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     config.filter = filter;
     config.recheck_interval = RECHECK_INTERVAL;
     config.seed = seed_of(&peer_id);
-    let metrics = Arc::new(Metrics::new(
-        prometheus_client::registry::Registry::default(),
-    ));
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
+    let metrics = Arc::new(Metrics::new(registry));
     let server_config = ServerConfig::from_auth_dir(BASIC_AUTH_DIR)
         .map_err(|e| failure(format!("{BASIC_AUTH_DIR}: {e}")))?;
     let (driver_handle, driver) = driver::start(Parts {

@@ -652,3 +652,56 @@ fn doctor_live_against_containerd() {
         assert_eq!(got, *codes, "{doc}");
     }
 }
+
+#[test]
+fn registry_refuses_a_misconfigured_containerd() {
+    if containerd_binary().is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "containerd is not installed (apt-get install containerd): the check cannot run"
+        );
+        eprintln!(
+            "\n!!!!! SKIPPED: containerd not installed, the start-up check did not run !!!!!\n"
+        );
+        return;
+    }
+    let extra = "  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    discard_unpacked_layers = true\n  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"/etc/containerd/certs.d\"\n";
+    let ctd = start_containerd(extra).expect("containerd did not start");
+    let registry = |verify: &str| {
+        speil()
+            .args(["registry", "--bootstrap-kind", "http"])
+            .args(["--http-bootstrap-url", "http://127.0.0.1:9/id"])
+            .arg("--containerd-sock")
+            .arg(&ctd.sock)
+            .args(["--registry-addr", "127.0.0.1:0"])
+            .args(["--router-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .arg(format!("--verify-containerd-config={verify}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = registry("true").wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("containerd discards unpacked layers: set discard_unpacked_layers = false"),
+        "{err}"
+    );
+    assert!(err.contains("--verify-containerd-config=false"), "{err}");
+    // With the check off it starts (and keeps running until stopped).
+    let mut child = registry("false");
+    std::thread::sleep(Duration::from_millis(1500));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        still_running,
+        "exited: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

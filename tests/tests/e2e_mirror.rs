@@ -281,6 +281,17 @@ async fn registry_api_statuses_over_real_http() -> Result<()> {
     if let Ok(r) = r {
         assert!(matches!(r.status, 431 | 400), "{}", r.status);
     }
+    // Metrics: Spegel's names and the process metrics.
+    let metrics = s.metrics()?;
+    for name in [
+        "spegel_advertised_image_tags{",
+        "spegel_advertised_content_digests{",
+        "http_request_duration_seconds_bucket{",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
     // The server is still fine afterwards.
     assert_eq!(http::request(a, "GET", "/v2/", &[])?.status, 200);
     // Graceful shutdown: SIGTERM exits 0.

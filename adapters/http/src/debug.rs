@@ -16,6 +16,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use speil_core::manifest::{self, ChildRole, MAX_MANIFEST_SIZE, ManifestKind};
+use speil_core::request::{percent_decode, percent_encode};
 use speil_core::{Digest, Reference};
 
 use crate::BoxError;
@@ -182,7 +183,10 @@ impl<R: Runtime> Inner<R> {
         // An index names manifests; follow the one for this machine's platform.
         for _ in 0..2 {
             let Some(reference) = next.take() else { break };
-            let path = format!("/v2/{name}/manifests/{reference}?ns={}", encode(&ns));
+            let path = format!(
+                "/v2/{name}/manifests/{reference}?ns={}",
+                percent_encode(&ns)
+            );
             let t = Instant::now();
             let (status, _, bytes) = self.get(&path, true).await?;
             if status != StatusCode::OK {
@@ -219,7 +223,11 @@ impl<R: Runtime> Inner<R> {
                             continue;
                         }
                         let source = self.source_of(&child.digest).await;
-                        let path = format!("/v2/{name}/blobs/{}?ns={}", child.digest, encode(&ns));
+                        let path = format!(
+                            "/v2/{name}/blobs/{}?ns={}",
+                            child.digest,
+                            percent_encode(&ns)
+                        );
                         let t = Instant::now();
                         let (status, size) = match self.get(&path, false).await {
                             Ok((s, n, _)) => (s, n as u64),
@@ -306,42 +314,6 @@ fn platform() -> (&'static str, &'static str) {
         other => other,
     };
     ("linux", arch)
-}
-
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// The debug page: plain HTML, CSS and JavaScript, nothing loaded from elsewhere.

@@ -49,6 +49,9 @@ pub struct MirrorConfig {
     pub min_header_budget: Duration,
     /// A peer that does not accept the connection within this long is skipped.
     pub dial_timeout: Duration,
+    /// A body being relayed that delivers no byte for this long is treated as broken (and
+    /// resumed from another peer): a stalled peer must not hang the client.
+    pub stall_timeout: Duration,
     /// The time-to-first-byte estimate used before anything was observed.
     pub default_ttfb: Duration,
     /// Hedged fetches start at these percentiles of recent time-to-first-byte.
@@ -66,6 +69,7 @@ impl Default for MirrorConfig {
             manifest_budget: Duration::from_secs(3),
             min_header_budget: Duration::from_millis(100),
             dial_timeout: Duration::from_millis(200),
+            stall_timeout: Duration::from_secs(5),
             default_ttfb: Duration::from_millis(50),
             hedge_percentiles: vec![80, 85, 90],
             ttfb_window: 128,

@@ -29,7 +29,7 @@ use crate::auth::Credentials;
 use crate::body::ResponseBody;
 use crate::client;
 use crate::metrics::Metrics;
-use crate::pipe::{PeerBody, Pipe, PipeControl, PipeEvent};
+use crate::pipe::{PeerBody, Pipe, PipeControl, PipeEvent, Stall};
 use crate::runtime::Runtime;
 use crate::source::{ContentSource, Provider, Router};
 
@@ -798,7 +798,11 @@ where
         let notify = Box::new(move |event: PipeEvent| {
             let _ = events.unbounded_send(Event::Pipe { request, event });
         });
-        let pipe = Pipe::new(body, expected, pipe_rx, notify);
+        let rt = self.rt.clone();
+        let stall = Stall::new(self.node.mirror().config().stall_timeout, move |d| {
+            rt.sleep(d)
+        });
+        let pipe = Pipe::new(body, expected, pipe_rx, notify).with_stall(stall);
         let relayed = client::relay(parts, pipe.boxed_unsync());
         state.pipe = Some(pipe_tx);
         let reply = state.reply.take();

@@ -6,13 +6,19 @@
 //! that count and waits: [`PipeControl::Continue`] splices in the next peer's body (which the
 //! core asked for with the right `Range`), [`PipeControl::Abort`] ends the body with an error
 //! so that hyper aborts the connection — the client never sees a clean, short body.
+//!
+//! A peer that stops sending without closing its connection is caught by the stall watchdog:
+//! when no byte arrives for the core's `stall_timeout`, the body counts as broken.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use bytes::Bytes;
-use futures::Stream;
 use futures::channel::mpsc;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
@@ -58,9 +64,47 @@ pub struct Pipe {
     expected: Option<u64>,
     control: mpsc::UnboundedReceiver<PipeControl>,
     notify: Box<dyn FnMut(PipeEvent) + Send>,
+    stall: Option<Stall>,
+}
+
+/// The stall watchdog: a timer re-armed by every byte that arrives.
+pub struct Stall {
+    timeout: Duration,
+    sleep: Box<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send>,
+    timer: Option<BoxFuture<'static, ()>>,
+}
+
+impl Stall {
+    /// A watchdog of `timeout`, made of the runtime's `sleep`.
+    pub fn new(
+        timeout: Duration,
+        sleep: impl Fn(Duration) -> BoxFuture<'static, ()> + Send + 'static,
+    ) -> Stall {
+        Stall {
+            timeout,
+            sleep: Box::new(sleep),
+            timer: None,
+        }
+    }
+
+    /// Whether the body has delivered nothing for `timeout` (arms the timer on first use).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let timer = self.timer.get_or_insert_with(|| (self.sleep)(self.timeout));
+        timer.poll_unpin(cx).is_ready()
+    }
+
+    fn reset(&mut self) {
+        self.timer = None;
+    }
 }
 
 impl Pipe {
+    /// Watches for a stalled peer body (see [`Stall`]).
+    pub fn with_stall(mut self, stall: Stall) -> Pipe {
+        self.stall = Some(stall);
+        self
+    }
+
     /// A pipe that starts with `first`, promised to deliver `expected` bytes (the response's
     /// `Content-Length`; `None` when unknown, e.g. for HEAD), taking continuations from
     /// `control` and reporting to `notify`.
@@ -76,6 +120,7 @@ impl Pipe {
             expected,
             control,
             notify,
+            stall: None,
         }
     }
 
@@ -103,8 +148,22 @@ impl Body for Pipe {
         loop {
             match &mut this.state {
                 State::Streaming(body) => match Pin::new(body).poll_frame(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if this.stall.as_mut().is_some_and(|s| s.expired(cx)) {
+                            tracing::debug!(written = this.written, "peer body stalled");
+                            if let Some(s) = this.stall.as_mut() {
+                                s.reset();
+                            }
+                            // Dropping the body closes the stalled connection.
+                            this.interrupted();
+                            continue;
+                        }
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(s) = this.stall.as_mut() {
+                            s.reset();
+                        }
                         let Ok(data) = frame.into_data() else {
                             continue; // trailers are not relayed
                         };
@@ -187,6 +246,7 @@ impl Drop for Pipe {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use futures::StreamExt;
     use futures::executor::block_on;
     use http_body_util::{BodyExt, StreamBody};
 
@@ -223,6 +283,45 @@ mod tests {
             r.map(|f| f.into_data().unwrap_or_default())
                 .map_err(|e| e.to_string())
         })
+    }
+
+    #[test]
+    fn a_stalled_body_is_an_interruption() {
+        block_on(async {
+            // Two bytes, then nothing, forever (the connection stays open).
+            let first = StreamBody::new(
+                futures::stream::iter(vec![Ok(Frame::data(Bytes::from_static(b"ab")))])
+                    .chain(futures::stream::pending()),
+            )
+            .boxed_unsync();
+            let (p, tx, events) = pipe(first, Some(5));
+            // A timer that fires at once stands for the stall timeout passing.
+            let mut p = p.with_stall(Stall::new(Duration::from_secs(5), |_| {
+                futures::future::ready(()).boxed()
+            }));
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
+            tx.unbounded_send(PipeControl::Continue(peer(vec![Ok(b"cde")])))
+                .unwrap();
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"cde"))));
+            assert_eq!(
+                *events.lock().unwrap(),
+                vec![PipeEvent::Interrupted { written: 2 }, PipeEvent::Finished]
+            );
+        });
+    }
+
+    #[test]
+    fn a_slow_body_within_the_stall_timeout_is_not_interrupted() {
+        block_on(async {
+            let (p, _tx, events) = pipe(peer(vec![Ok(b"ab"), Ok(b"cd")]), Some(4));
+            // A timer that never fires.
+            let mut p = p.with_stall(Stall::new(Duration::from_secs(5), |_| {
+                futures::future::pending().boxed()
+            }));
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"cd"))));
+            assert_eq!(*events.lock().unwrap(), vec![PipeEvent::Finished]);
+        });
     }
 
     #[test]

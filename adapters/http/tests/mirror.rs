@@ -360,6 +360,64 @@ async fn peer_dying_mid_body_is_resumed_from_another() {
 }
 
 #[tokio::test]
+async fn peer_stalling_mid_body_is_resumed_from_another() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dht = Arc::new(FakeDht::default());
+    let mut ls = listeners(29, 3).await;
+    let layer = blob_bytes(256 * 1024, 29);
+    let (sc, digest) = store_with(&layer);
+    let c = start_node(3, ls.pop().unwrap(), dht.clone(), sc, no_auth()).await;
+
+    // Peer 2 sends the headers and a third of the body, then goes silent with its connection
+    // open (a frozen process, a partition without a reset).
+    let stalling = ls.pop().unwrap();
+    dht.register(2, stalling.local_addr().unwrap().ip());
+    dht.provide(speil_core::Key::digest(&digest), 2);
+    let part = layer.slice(..layer.len() / 3);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ndocker-content-digest: {digest}\r\ncontent-type: application/octet-stream\r\n\r\n",
+        layer.len()
+    );
+    let stalling_task = tokio::spawn(async move {
+        let Ok((mut s, _)) = stalling.accept().await else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(head.as_bytes()).await;
+        let _ = s.write_all(&part).await;
+        let _ = s.flush().await;
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        drop(s);
+    });
+    let a = start_node(1, ls.pop().unwrap(), dht.clone(), Arc::default(), no_auth()).await;
+    let key = speil_core::Key::digest(&digest);
+    eventually(|| dht.providers(&key).len() == 2).await;
+    *dht.first.lock().unwrap() = vec![2];
+    *dht.delay_others.lock().unwrap() = Duration::from_millis(200);
+
+    let started = std::time::Instant::now();
+    let g = tokio::time::timeout(
+        Duration::from_secs(20),
+        get(a.addr, &format!("/v2/test/app/blobs/{digest}")),
+    )
+    .await
+    .expect("the client never hangs on a stalled peer");
+    assert_eq!(g.status, StatusCode::OK);
+    let body = g.body.expect("the body completes");
+    assert!(body == layer, "the resumed body differs");
+    // It took the stall timeout (test config), not the peer's hour.
+    assert!(
+        started.elapsed() >= mirror_config().stall_timeout,
+        "{:?}",
+        started.elapsed()
+    );
+    drop(c);
+    stalling_task.abort();
+}
+
+#[tokio::test]
 async fn graceful_shutdown_finishes_transfers_in_flight() {
     let dht = Arc::new(FakeDht::default());
     let mut ls = listeners(29, 2).await;

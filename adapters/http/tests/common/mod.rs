@@ -298,6 +298,7 @@ pub fn mirror_config() -> MirrorConfig {
         resolve_timeout: Duration::from_secs(2),
         min_header_budget: Duration::from_secs(2),
         dial_timeout: Duration::from_secs(1),
+        stall_timeout: Duration::from_millis(500),
         ..MirrorConfig::default()
     }
 }

@@ -299,3 +299,33 @@ async fn registry_api_statuses_over_real_http() -> Result<()> {
     assert_eq!(code, Some(0));
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speil_survives_a_containerd_restart() -> Result<()> {
+    if !require_components() {
+        return Ok(());
+    }
+    let mut c = Cluster::start(2)?;
+    let reg = c.registry();
+    let small = images::small()?;
+    c.h.registry.push(small)?;
+    c.h.nodes[0].cri_pull(&small.reference(&reg)).await?;
+    wait_findable(&c.speils[1], small, &reg, Duration::from_secs(5))?;
+    // containerd on node 0 goes away and comes back; its speil keeps running (Spegel exits).
+    c.h.nodes[0].kill()?;
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        c.speils[0].wait_serving(Duration::from_secs(1)).is_ok(),
+        "speil exited when containerd stopped: {}",
+        c.speils[0].log_tail()
+    );
+    c.h.nodes[0].restart()?;
+    c.h.registry.stop();
+    // After the resync, node 0 serves its image to node 1 again.
+    wait_findable(&c.speils[1], small, &reg, Duration::from_secs(10))?;
+    c.h.nodes[1]
+        .cri_pull(&small.reference(&reg))
+        .await
+        .with_context(|| c.speils[1].log_tail())?;
+    Ok(())
+}

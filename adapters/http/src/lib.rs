@@ -24,12 +24,14 @@
 //! tokio glue is the `tokio_rt` module (cargo feature `tokio`); nothing else here uses tokio
 //! (hyper itself links only tokio's runtime-free `sync` types).
 //!
-//! # Why the file region is read, not sent
+//! # Zero copy
 //!
-//! A hyper body yields `Bytes`; it cannot hand a file descriptor to the socket. Local blobs
-//! are therefore read in chunks of at most [`CHUNK_SIZE`] bytes with positional reads (no
-//! shared file cursor), which keeps memory per request bounded. [`BlobBody::File`] keeps the
-//! file and its region intact so that a runtime that owns its socket writes can `sendfile` it.
+//! A hyper body yields `Bytes`; it cannot hand a file descriptor to the socket. A local blob
+//! ([`BlobBody::File`]) becomes a body that reads its region in chunks of at most
+//! [`CHUNK_SIZE`] bytes with positional reads (no shared file cursor), and the response also
+//! carries the region as a [`body::FileRegion`] extension. The tokio build serves
+//! connections with its own HTTP/1.1 loop ([`zerocopy`]) that takes the region and sends it
+//! with `sendfile`; under hyper (the smol build) the body reads it.
 
 #![deny(missing_docs)]
 
@@ -45,6 +47,8 @@ pub mod server;
 pub mod source;
 #[cfg(feature = "tokio")]
 pub mod tokio_rt;
+#[cfg(feature = "tokio")]
+pub mod zerocopy;
 
 pub use runtime::Runtime;
 pub use source::{BlobBody, ContentSource, Provider, Router, SourceError};

@@ -121,12 +121,15 @@ impl RegistryService {
                 started,
                 status: None,
                 size: 0,
+                region: None,
             };
             let result = inner.route(&parts.method, &parts.uri, &parts.headers).await;
             match result {
                 Ok(response) => {
                     let mut guard = guard;
                     guard.status = Some(response.status());
+                    // Bytes of a file region the connection sends itself count too.
+                    guard.region = response.extensions().get::<body::FileRegion>().cloned();
                     let (p, b) = response.into_parts();
                     Ok(Response::from_parts(
                         p,
@@ -392,6 +395,7 @@ impl Inner {
             Some(ResolvedRange { start, end }) => (start, end - start + 1),
             None => (0, size),
         };
+        let mut region = None;
         let body = if req.head() || len == 0 {
             body::empty()
         } else {
@@ -403,9 +407,14 @@ impl Inner {
             else {
                 return Err(not_found(req, "not present on this node"));
             };
-            body::blob(blob, len)
+            let (body, file_region) = body::blob_region(blob, len);
+            region = file_region;
+            body
         };
         let mut r = Response::new(body);
+        if let Some(region) = region {
+            r.extensions_mut().insert(region);
+        }
         let h = r.headers_mut();
         h.insert(
             header::CONTENT_TYPE,
@@ -442,6 +451,7 @@ struct Measure {
     started: Instant,
     status: Option<StatusCode>,
     size: u64,
+    region: Option<body::FileRegion>,
 }
 
 impl Drop for Measure {
@@ -464,7 +474,8 @@ impl Drop for Measure {
         m.http_duration
             .get_or_create(&labels)
             .observe(self.started.elapsed().as_secs_f64());
-        m.http_size.get_or_create(&labels).observe(self.size as f64);
+        let size = self.size + self.region.as_ref().map_or(0, body::FileRegion::sent);
+        m.http_size.get_or_create(&labels).observe(size as f64);
     }
 }
 

@@ -34,12 +34,12 @@ impl Runtime for TokioRuntime {
     }
 }
 
-/// Accepts connections on `listener` forever, serving each with `service` and speil's limits
-/// ([`crate::server::server_builder`]).
+/// Accepts connections on `listener` forever, serving each with `service` over speil's
+/// HTTP/1.1 connection loop ([`crate::zerocopy`], which sends local blobs with `sendfile`).
 pub async fn serve<S>(listener: TcpListener, service: S) -> io::Result<()>
 where
     S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
+            http::Request<http_body_util::Empty<bytes::Bytes>>,
             Response = http::Response<crate::body::ResponseBody>,
             Error = crate::BoxError,
         > + Clone
@@ -61,7 +61,7 @@ pub async fn serve_until<S>(
 ) -> io::Result<()>
 where
     S: hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
+            http::Request<http_body_util::Empty<bytes::Bytes>>,
             Response = http::Response<crate::body::ResponseBody>,
             Error = crate::BoxError,
         > + Clone
@@ -86,24 +86,8 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let service = service.clone();
-                let mut stop = stop_rx.clone();
-                connections.spawn(async move {
-                    let conn = crate::server::server_builder()
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(conn);
-                    tokio::select! {
-                        result = conn.as_mut() => {
-                            if let Err(e) = result {
-                                tracing::debug!(error = %e, "connection ended with an error");
-                            }
-                            return;
-                        }
-                        _ = stop.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
-                    }
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                let stop = stop_rx.clone();
+                connections.spawn(crate::zerocopy::serve_connection(stream, service, stop));
             }
             () = &mut shutdown => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}

@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::digest::Digest;
 use crate::keys::Key;
+use crate::range::ByteRange;
 
 /// Identifies a client request; allocated by the adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -89,6 +90,8 @@ pub struct MirrorRequest {
     pub manifest: bool,
     /// A HEAD request.
     pub head: bool,
+    /// The client's `Range`, when it sent one: a peer's partial answer must match it.
+    pub range: Option<ByteRange>,
 }
 
 impl MirrorRequest {
@@ -530,20 +533,30 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             self.finish_fetch(now, id);
             return Ok(());
         };
+        // Content asked for by digest must come with that digest: a peer that sends another
+        // one, or none, is not trusted with the body.
         let digest_ok = match (&request.req.digest, &resp.digest) {
             (Some(want), Some(got)) => want.as_str() == got,
-            _ => true,
+            (Some(_), None) => false,
+            (None, _) => true,
         };
         let accepted = match (request.phase, resume) {
-            (Phase::Resolving, None) => {
-                digest_ok
-                    && match resp.status {
-                        200 => Some((0, resp.content_length.map(|l| l.saturating_sub(1)))),
-                        206 => resp.content_range.map(|cr| (cr.start, Some(cr.end))),
-                        _ => None,
-                    }
-                    .is_some()
-            }
+            (Phase::Resolving, None) => match resp.status {
+                200 => digest_ok,
+                // A part must be exactly the part the client asked for.
+                206 => {
+                    digest_ok
+                        && match (request.req.range, resp.content_range) {
+                            (Some(asked), Some(cr)) => asked
+                                .resolve(cr.size)
+                                .is_ok_and(|r| r.start == cr.start && r.end == cr.end),
+                            _ => false,
+                        }
+                }
+                // The client's range is outside the blob: that answer is relayed, not retried.
+                416 => request.req.range.is_some(),
+                _ => false,
+            },
             (
                 Phase::Resuming {
                     start,
@@ -571,13 +584,11 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         };
         match request.phase {
             Phase::Resolving => {
-                let span = match resp.content_range {
-                    Some(cr) if resp.status == 206 => Some((cr.start, cr.end)),
+                let span = match (resp.status, resp.content_range, resp.content_length) {
+                    (206, Some(cr), _) => Some((cr.start, cr.end)),
                     // Without a length (or with an empty body) there is nothing to resume.
-                    _ => match resp.content_length {
-                        Some(0) | None => None,
-                        Some(len) => Some((0, len - 1)),
-                    },
+                    (200, _, Some(len)) if len > 0 => Some((0, len - 1)),
+                    _ => None,
                 };
                 request.phase = Phase::Streaming { fetch: id, span };
                 let others: Vec<FetchId> = request
@@ -1031,6 +1042,7 @@ mod tests {
             digest: Some(digest),
             manifest: false,
             head: false,
+            range: None,
         }
     }
 
@@ -1277,6 +1289,7 @@ mod tests {
             digest: None,
             manifest: true,
             head: true,
+            range: None,
         };
         m.handle_request(t0, RequestId(1), req).unwrap();
         let lid = lookup_id(&drain(&mut m));
@@ -1300,6 +1313,7 @@ mod tests {
             digest: None,
             manifest: true,
             head: false,
+            range: None,
         };
         let t1 = t0 + ms(10_000);
         m.handle_request(t1, RequestId(2), req).unwrap();
@@ -1344,6 +1358,83 @@ mod tests {
         assert_eq!(next.len(), 1, "the next peer is tried: {outs:?}");
         assert_ne!(next[0].1, f[0].1);
         assert!(!outs.iter().any(|o| matches!(o, Output::Serve { .. })));
+    }
+
+    #[test]
+    fn peer_answers_must_match_what_was_asked() {
+        let t0 = Instant::now();
+        let mut m = Mirror::new(MirrorConfig::default(), SELF, 9);
+        let mut req = blob_req("strict");
+        req.range = Some(ByteRange::FromTo { start: 10, end: 19 });
+        m.handle_request(t0, RequestId(1), req.clone()).unwrap();
+        let lid = lookup_id(&drain(&mut m));
+        m.handle_providers(t0, lid, vec![1, 2, 3, 4]).unwrap();
+        m.handle_lookup_finished(t0, lid).unwrap();
+        let digest = req.digest.as_ref().map(|d| d.to_string());
+        let part = |start, end| FetchResponse {
+            status: 206,
+            digest: digest.clone(),
+            content_length: Some(end - start + 1),
+            content_range: Some(ContentRange {
+                start,
+                end,
+                size: 100,
+            }),
+        };
+        // No Docker-Content-Digest for a digest request: not trusted.
+        let f = fetches(&drain(&mut m))[0].0;
+        let mut anonymous = part(10, 19);
+        anonymous.digest = None;
+        m.handle_fetch_responded(t0, f, anonymous).unwrap();
+        let out = drain(&mut m);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Serve { .. })),
+            "{out:?}"
+        );
+        // Another part than the one asked for: not relayed.
+        let f = fetches(&out)[0].0;
+        m.handle_fetch_responded(t0, f, part(0, 9)).unwrap();
+        let out = drain(&mut m);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Serve { .. })),
+            "{out:?}"
+        );
+        // The right part is.
+        let f = fetches(&out)[0].0;
+        m.handle_fetch_responded(t0, f, part(10, 19)).unwrap();
+        assert_eq!(
+            drain(&mut m),
+            vec![Output::Serve {
+                request: RequestId(1),
+                fetch: f
+            }]
+        );
+    }
+
+    #[test]
+    fn an_unsatisfiable_range_is_relayed_not_retried() {
+        let t0 = Instant::now();
+        let mut m = Mirror::new(MirrorConfig::default(), SELF, 9);
+        let mut req = blob_req("short");
+        req.range = Some(ByteRange::From { start: 1000 });
+        m.handle_request(t0, RequestId(1), req).unwrap();
+        let lid = lookup_id(&drain(&mut m));
+        m.handle_providers(t0, lid, vec![1, 2]).unwrap();
+        let f = fetches(&drain(&mut m))[0].0;
+        let too_far = FetchResponse {
+            status: 416,
+            digest: None,
+            content_length: Some(0),
+            content_range: None,
+        };
+        m.handle_fetch_responded(t0, f, too_far).unwrap();
+        assert_eq!(
+            drain(&mut m),
+            vec![Output::Serve {
+                request: RequestId(1),
+                fetch: f
+            }]
+        );
     }
 
     #[test]
@@ -1421,7 +1512,11 @@ mod tests {
     fn resume_of_a_client_range_keeps_its_end() {
         let t0 = Instant::now();
         let mut m = Mirror::new(MirrorConfig::default(), SELF, 9);
-        let req = blob_req("ranged");
+        let mut req = blob_req("ranged");
+        req.range = Some(ByteRange::FromTo {
+            start: 100,
+            end: 199,
+        });
         m.handle_request(t0, RequestId(1), req.clone()).unwrap();
         let lid = lookup_id(&drain(&mut m));
         m.handle_providers(t0, lid, vec![1, 2]).unwrap();
@@ -1429,7 +1524,7 @@ mod tests {
         assert_eq!(f.2, None, "the first fetch forwards the client's Range");
         let partial = FetchResponse {
             status: 206,
-            digest: None,
+            digest: req.digest.as_ref().map(|d| d.to_string()),
             content_length: Some(100),
             content_range: Some(ContentRange {
                 start: 100,

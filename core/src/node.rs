@@ -250,6 +250,7 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
             digest: req.digest().cloned(),
             manifest: req.is_manifest(),
             head: req.head(),
+            range: req.range().copied(),
         };
         let r = self.mirror.handle_request(now, id, mreq);
         self.drain_mirror();

@@ -31,7 +31,7 @@ fn status_kib(status: &str, field: &str) -> Option<f64> {
 fn sample() -> Option<Sample> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state): utime is field 14, stime 15, starttime 22.
     let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };

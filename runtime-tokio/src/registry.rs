@@ -156,6 +156,13 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         }
     };
 
+    if let Some(dir) = &args.http_bootstrap_cert_dir {
+        tracing::warn!(
+            dir = %dir.display(),
+            "--http-bootstrap-cert-dir is not supported yet: the bootstrap fetch is plain http"
+        );
+    }
+
     // containerd: reachable, and configured for mirroring.
     if !args.containerd_sock.exists() {
         return Err(failure(format!(

@@ -127,12 +127,47 @@ async fn a_peer_killed_mid_blob_does_not_break_the_pull() -> Result<()> {
         let r = node2.cri_pull(&reference).await;
         (r, node2)
     });
-    // Kill one holder while the layers stream.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    c.speils[0].kill();
+    // As soon as node 2's speil starts relaying a layer from a peer, that peer's speil dies.
+    let layers: Vec<String> = large
+        .host_platform()?
+        .layers
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let victim = loop {
+        let log = c.speils[2].log_text();
+        let serving = log.lines().find_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).ok()?;
+            let f = &v["fields"];
+            let path = f["path"].as_str()?;
+            (f["message"] == "mirrored" && layers.iter().any(|d| path.contains(d.as_str())))
+                .then(|| f["peer"].as_str().map(str::to_owned))?
+        });
+        if let Some(peer) = serving {
+            break peer;
+        }
+        assert!(Instant::now() < deadline, "node 2 never mirrored a layer");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let killed = c
+        .speils
+        .iter()
+        .position(|s| s.registry_addr().to_string() == victim)
+        .context("the serving peer is one of the nodes")?;
+    c.speils[killed].kill();
     let (r, _node2) = pull.await?;
     r.with_context(|| c.speils[2].log_tail())?;
     assert_bytes_match(&c.speils[2], large)?;
+    let resumed = c.speils[2]
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("\"resumed\""))
+        .count();
+    eprintln!(
+        "killed node {} mid-layer; bodies resumed from the other peer: {resumed}",
+        killed + 1
+    );
     Ok(())
 }
 
@@ -308,7 +343,9 @@ async fn speil_survives_a_containerd_restart() -> Result<()> {
     let mut c = Cluster::start(2)?;
     let reg = c.registry();
     let small = images::small()?;
+    let multi = images::multi()?;
     c.h.registry.push(small)?;
+    c.h.registry.push(multi)?;
     c.h.nodes[0].cri_pull(&small.reference(&reg)).await?;
     wait_findable(&c.speils[1], small, &reg, Duration::from_secs(5))?;
     // containerd on node 0 goes away and comes back; its speil keeps running (Spegel exits).
@@ -320,12 +357,17 @@ async fn speil_survives_a_containerd_restart() -> Result<()> {
         c.speils[0].log_tail()
     );
     c.h.nodes[0].restart()?;
+    // Resynced (the store is connected again), and following events again: an image pulled
+    // after the restart is found by the other node.
+    c.speils[0].wait_ready(Duration::from_secs(10))?;
+    c.h.nodes[0].cri_pull(&multi.reference(&reg)).await?;
+    wait_findable(&c.speils[1], multi, &reg, Duration::from_secs(10))?;
     c.h.registry.stop();
-    // After the resync, node 0 serves its image to node 1 again.
-    wait_findable(&c.speils[1], small, &reg, Duration::from_secs(10))?;
-    c.h.nodes[1]
-        .cri_pull(&small.reference(&reg))
-        .await
-        .with_context(|| c.speils[1].log_tail())?;
+    for image in [small, multi] {
+        c.h.nodes[1]
+            .cri_pull(&image.reference(&reg))
+            .await
+            .with_context(|| c.speils[1].log_tail())?;
+    }
     Ok(())
 }

@@ -674,6 +674,11 @@ fn same_seed_same_trace() {
     };
     let a = scenario(42);
     assert_eq!(a, scenario(42));
+    // The seed is what decides: some other seed picks other peers.
+    assert!(
+        (0..8).any(|seed| scenario(seed).0 != a.0),
+        "the trace does not depend on the seed"
+    );
     assert!(
         a.1.values().all(|o| matches!(o, Outcome::Served { .. })),
         "{:?}",

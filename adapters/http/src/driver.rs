@@ -622,7 +622,17 @@ where
             }
             Output::Serve { request, fetch } => self.serve(request, fetch),
             Output::Continue { request, fetch } => {
-                let body = self.responded.remove(&fetch).map(|r| r.into_body());
+                let response = self.responded.remove(&fetch);
+                if let (Some(r), Some(state)) = (&response, self.requests.get(&request)) {
+                    tracing::info!(
+                        source = "peer",
+                        peer = %r.extensions().get::<PeerAddr>().map_or_else(|| "?".to_owned(), |p| p.0.to_string()),
+                        path = %state.request.path_and_query(),
+                        content_range = r.headers().get(http::header::CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or(""),
+                        "resumed"
+                    );
+                }
+                let body = response.map(|r| r.into_body());
                 let pipe = self.requests.get(&request).and_then(|s| s.pipe.clone());
                 match (body, pipe) {
                     (Some(body), Some(pipe)) => {

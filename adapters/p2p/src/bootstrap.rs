@@ -553,7 +553,9 @@ fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
         if size == 0 {
             return Some(out);
         }
-        if data.len() < size + 2 || out.len() + size > HTTP_MAX {
+        // A hostile size must not overflow: every sum is checked.
+        let with_crlf = size.checked_add(2)?;
+        if data.len() < with_crlf || out.len().checked_add(size)? > HTTP_MAX {
             return None;
         }
         out.extend_from_slice(&data[..size]);
@@ -588,6 +590,18 @@ pub async fn serve_id_connection<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn dechunk_refuses_sizes_that_would_overflow() {
+        assert_eq!(
+            super::dechunk(b"1\r\nx\r\nffffffffffffffff\r\n0\r\n\r\n"),
+            None
+        );
+        assert_eq!(
+            super::dechunk(b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n").as_deref(),
+            Some(&b"abc"[..])
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -300,8 +300,9 @@ impl Driver {
         Some(Provider { peer, addrs, ips })
     }
 
-    fn providers_found(&mut self, id: kad::QueryId, mut providers: Vec<PeerId>) {
-        providers.sort();
+    fn providers_found(&mut self, id: kad::QueryId, providers: Vec<PeerId>) {
+        // Delivered in the order found, never sorted: sorting would hand every node the same
+        // lowest peer ids and pile the load on them. Which provider to use is the core's choice.
         for peer in providers {
             if peer == self.local {
                 continue;

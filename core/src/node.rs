@@ -34,6 +34,9 @@ pub struct NodeConfig<P> {
     pub filter: RegistryFilter,
     /// Interval of the full store re-check (60 s).
     pub recheck_interval: Duration,
+    /// Longest wait for one answer of the content store (and for each chunk of a blob it
+    /// streams): a store that stops answering must not hang requests.
+    pub store_timeout: Duration,
     /// Seed of the node's random choices.
     pub seed: u64,
 }
@@ -46,6 +49,7 @@ impl<P> NodeConfig<P> {
             mirror: MirrorConfig::default(),
             filter: RegistryFilter::default(),
             recheck_interval: Duration::from_secs(60),
+            store_timeout: Duration::from_secs(3),
             seed: 0,
         }
     }

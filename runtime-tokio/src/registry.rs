@@ -233,9 +233,12 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     // The node and its driver.
     let (store_events, _watch) =
         speil_containerd::tokio_rt::spawn_watch(ctd.clone(), Duration::from_secs(24 * 3600));
-    let source: Arc<dyn ContentSource> = Arc::new(ContainerdSource(ctd));
-    let router: Arc<dyn Router<PeerId>> = Arc::new(P2pRouter(handle.clone()));
     let mut config = NodeConfig::new(peer_id);
+    let source: Arc<dyn ContentSource> = Arc::new(ContainerdSource {
+        client: ctd,
+        timeout: config.store_timeout,
+    });
+    let router: Arc<dyn Router<PeerId>> = Arc::new(P2pRouter(handle.clone()));
     config.mirror = MirrorConfig {
         resolve_timeout: args.mirror_resolve_timeout,
         resolve_count: args.mirror_resolve_retries,
@@ -346,8 +349,49 @@ fn seed_of(peer: &PeerId) -> u64 {
     u64::from_str_radix(&digest.hex()[..16], 16).unwrap_or(0)
 }
 
-/// containerd as the registry server's content source.
-struct ContainerdSource(Containerd);
+/// containerd as the registry server's content source. Every call, and every chunk of a
+/// streamed blob, gets at most the core's `store_timeout`: a containerd that stops answering
+/// makes requests fail (or go to peers), not hang.
+struct ContainerdSource {
+    client: Containerd,
+    timeout: Duration,
+}
+
+impl ContainerdSource {
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, speil_containerd::Error>>,
+    ) -> Result<Result<T, speil_containerd::Error>, SourceError> {
+        tokio::time::timeout(self.timeout, call).await.map_err(|_| {
+            SourceError::new(format!(
+                "containerd did not answer within {:?}",
+                self.timeout
+            ))
+        })
+    }
+}
+
+/// A stream whose every item must arrive within `timeout`, else it ends with an error.
+fn stalls_fail<S>(stream: S, timeout: Duration) -> BoxStream<'static, std::io::Result<bytes::Bytes>>
+where
+    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold(Some(stream), move |state| async move {
+        let mut stream = state?;
+        match tokio::time::timeout(timeout, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("containerd sent nothing for {timeout:?}"),
+                )),
+                None,
+            )),
+        }
+    })
+    .boxed()
+}
 
 fn source_error(e: speil_containerd::Error) -> Result<(), SourceError> {
     if e.is_not_found() {
@@ -363,7 +407,7 @@ impl ContentSource for ContainerdSource {
         image: &'a str,
     ) -> BoxFuture<'a, Result<Option<Digest>, SourceError>> {
         async move {
-            match self.0.resolve(image).await {
+            match self.within(self.client.resolve(image)).await? {
                 Ok(d) => Ok(d),
                 Err(e) => source_error(e).map(|()| None),
             }
@@ -373,7 +417,7 @@ impl ContentSource for ContainerdSource {
 
     fn size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, SourceError>> {
         async move {
-            match self.0.content_info(digest).await {
+            match self.within(self.client.content_info(digest)).await? {
                 Ok(info) => Ok(info.map(|i| i.size)),
                 Err(e) => source_error(e).map(|()| None),
             }
@@ -386,11 +430,8 @@ impl ContentSource for ContainerdSource {
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<Option<bytes::Bytes>, SourceError>> {
         async move {
-            match self
-                .0
-                .read_small(digest, speil_core::manifest::MAX_MANIFEST_SIZE as u64)
-                .await
-            {
+            let limit = speil_core::manifest::MAX_MANIFEST_SIZE as u64;
+            match self.within(self.client.read_small(digest, limit)).await? {
                 Ok(b) => Ok(Some(b)),
                 Err(e) => source_error(e).map(|()| None),
             }
@@ -405,16 +446,20 @@ impl ContentSource for ContainerdSource {
         len: u64,
     ) -> BoxFuture<'a, Result<Option<BlobBody>, SourceError>> {
         async move {
-            match self.0.read_blob(digest, offset, Some(len)).await {
+            match self
+                .within(self.client.read_blob(digest, offset, Some(len)))
+                .await?
+            {
                 Ok(range) => Ok(Some(match range.body {
                     CtdBody::File(file) => BlobBody::File {
                         file,
                         offset: range.offset,
                         len: range.len,
                     },
-                    CtdBody::Stream(s) => {
-                        BlobBody::Stream(s.map(|r| r.map_err(std::io::Error::other)).boxed())
-                    }
+                    CtdBody::Stream(s) => BlobBody::Stream(stalls_fail(
+                        s.map(|r| r.map_err(std::io::Error::other)),
+                        self.timeout,
+                    )),
                 })),
                 Err(e) => source_error(e).map(|()| None),
             }
@@ -423,7 +468,12 @@ impl ContentSource for ContainerdSource {
     }
 
     fn snapshot(&self) -> BoxFuture<'_, Result<Vec<ImageState>, SourceError>> {
-        async move { self.0.snapshot().await.map_err(SourceError::new) }.boxed()
+        async move {
+            self.within(self.client.snapshot())
+                .await?
+                .map_err(SourceError::new)
+        }
+        .boxed()
     }
 }
 

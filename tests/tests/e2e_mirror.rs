@@ -371,3 +371,39 @@ async fn speil_survives_a_containerd_restart() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_containerd_does_not_hang_requests() -> Result<()> {
+    if !require_components() {
+        return Ok(());
+    }
+    let c = Cluster::start(1)?;
+    let reg = c.registry();
+    let small = images::small()?;
+    c.h.registry.push(small)?;
+    c.h.nodes[0].cri_pull(&small.reference(&reg)).await?;
+    let layer = &small.host_platform()?.layers[0];
+    let path = format!("/v2/{}/blobs/{layer}", small.name);
+    let a = c.speils[0].registry_addr();
+    assert_eq!(http::request(a, "GET", &path, &[])?.status, 200);
+    // containerd stops answering (SIGSTOP) but keeps its socket open.
+    let pid = c.h.nodes[0].pid().context("containerd pid")?.to_string();
+    let frozen = std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()?;
+    assert!(frozen.success());
+    let t = Instant::now();
+    let r = http::request(a, "GET", &path, &[]);
+    let _ = std::process::Command::new("kill")
+        .args(["-CONT", &pid])
+        .status();
+    let r = r?;
+    let took = t.elapsed();
+    // The store budget (3 s) plus the mirror's own budgets: an answer, not a hang.
+    assert!(took < Duration::from_secs(8), "answered after {took:?}");
+    assert!(matches!(r.status, 404 | 503), "{}", r.status);
+    assert!(String::from_utf8_lossy(&r.body).contains("\"errors\""));
+    // And it serves again once containerd does.
+    assert_eq!(http::request(a, "GET", &path, &[])?.status, 200);
+    Ok(())
+}

@@ -130,10 +130,13 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
                     "--dns-bootstrap-domain: required with --bootstrap-kind=dns",
                 ));
             };
-            let own: Vec<IpAddr> = [router_addr.ip()]
-                .into_iter()
-                .filter(|ip| !ip.is_unspecified())
-                .collect();
+            // The node's own IPs are left out of the three dialled (the headless Service lists
+            // this node too); a name that resolves only to them is a one-node cluster.
+            let own: Vec<IpAddr> = if router_addr.ip().is_unspecified() {
+                local_ips()
+            } else {
+                vec![router_addr.ip()]
+            };
             Arc::new(
                 DnsBootstrap::new(domain, router_addr.port(), Arc::new(SystemResolver))
                     .excluding(&own),
@@ -335,6 +338,38 @@ async fn shutdown_signal() {
     }
 }
 
+/// The IP addresses of this host's interfaces (IPv4 from `/proc/net/fib_trie`, IPv6 from
+/// `/proc/net/if_inet6`).
+fn local_ips() -> Vec<IpAddr> {
+    let mut ips = Vec::new();
+    if let Ok(trie) = std::fs::read_to_string("/proc/net/fib_trie") {
+        let mut last: Option<IpAddr> = None;
+        for line in trie.lines() {
+            let t = line.trim();
+            if let Some(addr) = t.strip_prefix("|-- ") {
+                last = addr.parse().ok();
+            } else if t.contains("/32 host LOCAL")
+                && let Some(ip) = last
+            {
+                ips.push(ip);
+            }
+        }
+    }
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/if_inet6") {
+        for line in v6.lines() {
+            let Some(hex) = line.split_whitespace().next() else {
+                continue;
+            };
+            if let Ok(n) = u128::from_str_radix(hex, 16) {
+                ips.push(IpAddr::V6(std::net::Ipv6Addr::from(n)));
+            }
+        }
+    }
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
 /// The content directory, when this process can read it (blobs are then sent from their
 /// files; a blob whose file cannot be opened still goes through the content API).
 fn readable_dir(path: &Path) -> Option<std::path::PathBuf> {
@@ -527,5 +562,16 @@ impl Router<PeerId> for P2pRouter {
                 format!("{} {}", p.peer, addrs.join(" "))
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_ips_include_loopback() {
+        let ips = local_ips();
+        assert!(ips.contains(&IpAddr::from([127, 0, 0, 1])), "{ips:?}");
     }
 }

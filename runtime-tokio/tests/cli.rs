@@ -705,3 +705,67 @@ fn registry_refuses_a_misconfigured_containerd() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_one_node_dns_cluster_becomes_ready() {
+    if containerd_binary().is_none() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "containerd is not installed (apt-get install containerd): the check cannot run"
+        );
+        eprintln!(
+            "\n!!!!! SKIPPED: containerd not installed, the readiness check did not run !!!!!\n"
+        );
+        return;
+    }
+    let extra = "  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"/etc/containerd/certs.d\"\n";
+    let ctd = start_containerd(extra).expect("containerd did not start");
+    let registry_port = free_port("127.0.0.1");
+    let router_port = free_port("127.0.0.1");
+    // The router listens on every interface (as in a DaemonSet) and the headless Service name
+    // resolves to this node only: it is alone, and ready.
+    let mut child = speil()
+        .args(["registry", "--bootstrap-kind", "dns"])
+        .args(["--dns-bootstrap-domain", "localhost"])
+        .arg(format!("--router-addr=:{router_port}"))
+        .arg(format!("--registry-addr=127.0.0.1:{registry_port}"))
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .arg("--containerd-sock")
+        .arg(&ctd.sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut last = String::new();
+    let ready = loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", registry_port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            if resp.starts_with("HTTP/1.1 200") {
+                break true;
+            }
+            last = resp.lines().next().unwrap_or("").to_owned();
+        }
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        ready,
+        "not ready ({last}): {}",
+        String::from_utf8_lossy(&out.stderr)
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -268,6 +268,7 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         },
     });
     tokio::spawn(driver);
+    let credentials = server_config.credentials.clone();
     let registry = RegistryService::new(driver_handle, source.clone(), server_config);
     let shared = registry.shared().clone();
     let debug_registry = if registry_local.ip().is_unspecified() {
@@ -283,6 +284,7 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
             enabled: args.debug_web_enabled,
             peer_id: peer_id.to_string(),
             registry: debug_registry,
+            credentials,
         },
     );
     tracing::info!(

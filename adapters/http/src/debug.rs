@@ -34,6 +34,8 @@ pub struct DebugConfig {
     pub peer_id: String,
     /// Where this node's registry is reached (for the measure action).
     pub registry: SocketAddr,
+    /// The registry's basic-auth credentials, when auth is on (the measure action sends them).
+    pub credentials: Option<crate::auth::Credentials>,
 }
 
 /// The metrics and debug service. Clone it for each connection.
@@ -281,10 +283,11 @@ impl<R: Runtime> Inner<R> {
         self.runtime.spawn(Box::pin(async move {
             let _ = conn.await;
         }));
-        let req = Request::get(path)
-            .header(header::HOST, addr.to_string())
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
+        let mut req = Request::get(path).header(header::HOST, addr.to_string());
+        if let Some(c) = &self.config.credentials {
+            req = req.header(header::AUTHORIZATION, c.header().clone());
+        }
+        let req = req.body(Empty::new()).map_err(|e| e.to_string())?;
         let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let mut body = resp.into_body();

@@ -42,6 +42,7 @@ async fn metrics_and_debug_page() {
             enabled: true,
             peer_id: "12D3KooWTest".into(),
             registry: node.addr,
+            credentials: None,
         },
     );
     let task = tokio::spawn(speil_http::tokio_rt::serve(metrics_listener, service));
@@ -134,5 +135,55 @@ async fn metrics_and_debug_page() {
         get(metrics_addr, "/nothing").await.status,
         StatusCode::NOT_FOUND
     );
+    task.abort();
+}
+
+#[tokio::test]
+async fn measure_works_with_basic_auth_on() {
+    let source = Arc::new(FakeContentSource::default());
+    let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
+    let config = source.put(config_bytes.clone());
+    let manifest = source.put(format!(
+        r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[]}}"#,
+        config_bytes.len()
+    ));
+    source.tag("example.com/test/auth:v1", &manifest);
+    let creds = speil_http::auth::Credentials::new("user", "pass").unwrap();
+    let mut ls = listeners(32, 2).await;
+    let metrics_listener = ls.pop().unwrap();
+    let metrics_addr = metrics_listener.local_addr().unwrap();
+    let node = start_node(
+        1,
+        ls.pop().unwrap(),
+        Arc::new(FakeDht::default()),
+        source.clone(),
+        ServerConfig {
+            credentials: Some(creds.clone()),
+        },
+    )
+    .await;
+    let service = MetricsService::new(
+        node.handle.shared().clone(),
+        source,
+        TokioRuntime,
+        DebugConfig {
+            enabled: true,
+            peer_id: "12D3KooWTest".into(),
+            registry: node.addr,
+            credentials: Some(creds),
+        },
+    );
+    let task = tokio::spawn(speil_http::tokio_rt::serve(metrics_listener, service));
+    eventually(|| node.handle.shared().store_connected()).await;
+    let g = get(
+        metrics_addr,
+        "/debug/web/api/measure?image=example.com%2Ftest%2Fauth%3Av1",
+    )
+    .await;
+    assert_eq!(g.status, StatusCode::OK, "{g:?}");
+    let m = g.json();
+    let blobs = m["blobs"].as_array().unwrap();
+    assert_eq!(blobs.len(), 1, "{m}");
+    assert_eq!(blobs[0]["status"], 200, "{m}");
     task.abort();
 }

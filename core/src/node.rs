@@ -62,6 +62,8 @@ pub enum Local {
     Present,
     /// The store does not hold it.
     Absent,
+    /// The store could not tell (unreachable, or no answer within the store budget).
+    Unknown,
 }
 
 /// A command for the adapters.
@@ -234,14 +236,26 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
                 return Ok(());
             }
         }
-        if local == Local::Present {
-            self.outputs.push_back(Output::ServeLocal { request: id });
-            return Ok(());
-        }
-        if req.mirrored() {
-            // A peer's request is only ever served locally: this prevents loops.
-            self.fail(id, req.target(), "not present on this node".to_owned());
-            return Ok(());
+        match (local, req.mirrored()) {
+            (Local::Present, _) => {
+                self.outputs.push_back(Output::ServeLocal { request: id });
+                return Ok(());
+            }
+            // A peer's request is only ever served locally: this prevents loops. The peer
+            // moves on to its next provider on either answer.
+            (Local::Absent, true) => {
+                self.fail(id, req.target(), "not present on this node".to_owned());
+                return Ok(());
+            }
+            (Local::Unknown, true) => {
+                self.outputs.push_back(Output::Fail {
+                    request: id,
+                    error: OciError::unavailable("this node's content store is not answering"),
+                });
+                return Ok(());
+            }
+            // This node's own client: the content may well be on a peer.
+            (Local::Absent | Local::Unknown, false) => {}
         }
         self.pending.insert(
             id,
@@ -534,6 +548,25 @@ mod tests {
         n.handle_request(t0, RequestId(5), &secret, Local::Present)
             .unwrap();
         assert!(matches!(drain(&mut n).as_slice(), [Output::Fail { .. }]));
+    }
+
+    #[test]
+    fn an_unknown_store_answer_mirrors_or_refuses_peers_with_503() {
+        let t0 = Instant::now();
+        let mut n = Node::new(NodeConfig::new(0u32));
+        let d = Digest::sha256_of(b"layer");
+        let own = content(Method::GET, &format!("/v2/x/blobs/{d}"), false);
+        n.handle_request(t0, RequestId(1), &own, Local::Unknown)
+            .unwrap();
+        assert!(matches!(drain(&mut n)[0], Output::Lookup { .. }));
+        let from_peer = content(Method::GET, &format!("/v2/x/blobs/{d}"), true);
+        n.handle_request(t0, RequestId(2), &from_peer, Local::Unknown)
+            .unwrap();
+        let out = drain(&mut n);
+        let [Output::Fail { error, .. }] = out.as_slice() else {
+            panic!("{out:?}")
+        };
+        assert_eq!(error.status.as_u16(), 503);
     }
 
     #[test]

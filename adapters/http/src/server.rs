@@ -245,17 +245,13 @@ impl Inner {
 
     async fn content(&self, req: ContentRequest) -> Result<Response<ResponseBody>, BoxError> {
         let head = req.head();
-        let local = match self.local_digest(&req).await {
-            Ok(found) => found,
+        let (local, presence) = match self.local_digest(&req).await {
+            Ok(Some(found)) => (Some(found), Local::Present),
+            Ok(None) => (None, Local::Absent),
             Err(e) => {
-                tracing::warn!(error = %e, "content store unavailable; treating as absent");
-                None
+                tracing::warn!(error = %e, "content store unavailable");
+                (None, Local::Unknown)
             }
-        };
-        let presence = if local.is_some() {
-            Local::Present
-        } else {
-            Local::Absent
         };
         let decision = self.driver.decide(req.clone(), presence).await;
         match &decision {

@@ -552,6 +552,21 @@ impl Drop for Containerd {
     }
 }
 
+/// Whether containerd is installed. Without it, `what` cannot run: a failure with `CI=true`,
+/// else a loud skip.
+fn containerd_available(what: &str) -> bool {
+    if containerd_binary().is_some() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "containerd is not installed (apt-get install containerd): the {what} cannot run"
+    );
+    eprintln!("\n!!!!! SKIPPED: containerd not installed, the {what} did not run !!!!!\n");
+    false
+}
+
 fn containerd_binary() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
@@ -597,15 +612,7 @@ fn start_containerd(cri_extra: &str) -> Option<Containerd> {
 
 #[test]
 fn doctor_live_against_containerd() {
-    if containerd_binary().is_none() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "containerd is not installed (apt-get install containerd): the live check cannot run"
-        );
-        eprintln!(
-            "\n!!!!! SKIPPED: containerd not installed, the live doctor check did not run !!!!!\n"
-        );
+    if !containerd_available("live doctor check") {
         return;
     }
     let cases: &[(&str, &[&str], bool)] = &[
@@ -655,15 +662,7 @@ fn doctor_live_against_containerd() {
 
 #[test]
 fn registry_refuses_a_misconfigured_containerd() {
-    if containerd_binary().is_none() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "containerd is not installed (apt-get install containerd): the check cannot run"
-        );
-        eprintln!(
-            "\n!!!!! SKIPPED: containerd not installed, the start-up check did not run !!!!!\n"
-        );
+    if !containerd_available("start-up check") {
         return;
     }
     let extra = "  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n    discard_unpacked_layers = true\n  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"/etc/containerd/certs.d\"\n";
@@ -708,15 +707,7 @@ fn registry_refuses_a_misconfigured_containerd() {
 
 #[test]
 fn a_one_node_dns_cluster_becomes_ready() {
-    if containerd_binary().is_none() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "containerd is not installed (apt-get install containerd): the check cannot run"
-        );
-        eprintln!(
-            "\n!!!!! SKIPPED: containerd not installed, the readiness check did not run !!!!!\n"
-        );
+    if !containerd_available("readiness check") {
         return;
     }
     let extra = "  [plugins.\"io.containerd.grpc.v1.cri\".registry]\n    config_path = \"/etc/containerd/certs.d\"\n";

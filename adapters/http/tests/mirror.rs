@@ -308,28 +308,45 @@ async fn peers_carry_basic_auth() {
     drop(b);
 }
 
-#[tokio::test]
-async fn peer_dying_mid_body_is_resumed_from_another() {
+/// What a fake peer does after sending the headers and a third of the body.
+#[derive(Clone, Copy)]
+enum AfterPart {
+    /// Its process dies: the socket closes.
+    Dies,
+    /// It goes silent with its connection open (a frozen process, a partition without a reset).
+    Stalls,
+}
+
+/// Node C holds a 256 KiB layer; peer 2 (a raw TCP fake) is asked first and breaks as `after`
+/// says; node A mirrors. Returns A, C, the layer and its digest, and the fake's task.
+async fn one_broken_peer(
+    net: u8,
+    seed: u64,
+    after: AfterPart,
+) -> (
+    TestNode,
+    TestNode,
+    Bytes,
+    Digest,
+    tokio::task::JoinHandle<()>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dht = Arc::new(FakeDht::default());
-    let mut ls = listeners(28, 3).await;
-    let layer = blob_bytes(256 * 1024, 23);
+    let mut ls = listeners(net, 3).await;
+    let layer = blob_bytes(256 * 1024, seed);
     let (sc, digest) = store_with(&layer);
     let c = start_node(3, ls.pop().unwrap(), dht.clone(), sc, no_auth()).await;
-
-    // Peer 2 sends the right headers and a third of the body, then its process "dies": the
-    // socket closes.
-    let dying = ls.pop().unwrap();
-    dht.register(2, dying.local_addr().unwrap().ip());
+    let broken = ls.pop().unwrap();
+    dht.register(2, broken.local_addr().unwrap().ip());
     dht.provide(speil_core::Key::digest(&digest), 2);
     let part = layer.slice(..layer.len() / 3);
     let head = format!(
         "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ndocker-content-digest: {digest}\r\ncontent-type: application/octet-stream\r\n\r\n",
         layer.len()
     );
-    let dying_task = tokio::spawn(async move {
-        let Ok((mut s, _)) = dying.accept().await else {
+    let task = tokio::spawn(async move {
+        let Ok((mut s, _)) = broken.accept().await else {
             return;
         };
         let mut buf = [0u8; 4096];
@@ -337,6 +354,9 @@ async fn peer_dying_mid_body_is_resumed_from_another() {
         let _ = s.write_all(head.as_bytes()).await;
         let _ = s.write_all(&part).await;
         let _ = s.flush().await;
+        if let AfterPart::Stalls = after {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
         drop(s);
     });
     let a = start_node(1, ls.pop().unwrap(), dht.clone(), Arc::default(), no_auth()).await;
@@ -344,7 +364,12 @@ async fn peer_dying_mid_body_is_resumed_from_another() {
     eventually(|| dht.providers(&key).len() == 2).await;
     *dht.first.lock().unwrap() = vec![2];
     *dht.delay_others.lock().unwrap() = Duration::from_millis(200);
+    (a, c, layer, digest, task)
+}
 
+#[tokio::test]
+async fn peer_dying_mid_body_is_resumed_from_another() {
+    let (a, c, layer, digest, task) = one_broken_peer(28, 23, AfterPart::Dies).await;
     let g = get(a.addr, &format!("/v2/test/app/blobs/{digest}")).await;
     assert_eq!(g.status, StatusCode::OK);
     let body = g.body.expect("the body completes");
@@ -356,47 +381,12 @@ async fn peer_dying_mid_body_is_resumed_from_another() {
     );
     let c_metrics = c.metrics.clone();
     eventually(move || c_metrics.encode().contains(&want)).await;
-    dying_task.abort();
+    task.abort();
 }
 
 #[tokio::test]
 async fn peer_stalling_mid_body_is_resumed_from_another() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    let dht = Arc::new(FakeDht::default());
-    let mut ls = listeners(29, 3).await;
-    let layer = blob_bytes(256 * 1024, 29);
-    let (sc, digest) = store_with(&layer);
-    let c = start_node(3, ls.pop().unwrap(), dht.clone(), sc, no_auth()).await;
-
-    // Peer 2 sends the headers and a third of the body, then goes silent with its connection
-    // open (a frozen process, a partition without a reset).
-    let stalling = ls.pop().unwrap();
-    dht.register(2, stalling.local_addr().unwrap().ip());
-    dht.provide(speil_core::Key::digest(&digest), 2);
-    let part = layer.slice(..layer.len() / 3);
-    let head = format!(
-        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ndocker-content-digest: {digest}\r\ncontent-type: application/octet-stream\r\n\r\n",
-        layer.len()
-    );
-    let stalling_task = tokio::spawn(async move {
-        let Ok((mut s, _)) = stalling.accept().await else {
-            return;
-        };
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf).await;
-        let _ = s.write_all(head.as_bytes()).await;
-        let _ = s.write_all(&part).await;
-        let _ = s.flush().await;
-        tokio::time::sleep(Duration::from_secs(3600)).await;
-        drop(s);
-    });
-    let a = start_node(1, ls.pop().unwrap(), dht.clone(), Arc::default(), no_auth()).await;
-    let key = speil_core::Key::digest(&digest);
-    eventually(|| dht.providers(&key).len() == 2).await;
-    *dht.first.lock().unwrap() = vec![2];
-    *dht.delay_others.lock().unwrap() = Duration::from_millis(200);
-
+    let (a, c, layer, digest, task) = one_broken_peer(29, 29, AfterPart::Stalls).await;
     let started = std::time::Instant::now();
     let g = tokio::time::timeout(
         Duration::from_secs(20),
@@ -414,7 +404,7 @@ async fn peer_stalling_mid_body_is_resumed_from_another() {
         started.elapsed()
     );
     drop(c);
-    stalling_task.abort();
+    task.abort();
 }
 
 #[tokio::test]

@@ -147,8 +147,9 @@ struct Driver {
     awaiting: HashMap<PeerId, Vec<kad::QueryId>>,
     /// Addresses peers announced through identify.
     identified: HashMap<PeerId, Vec<Multiaddr>>,
-    /// Remote addresses of open connections, per peer.
-    connections: BTreeMap<PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr)>>,
+    /// Remote addresses of open connections, per peer, and whether this node dialled them
+    /// (then the peer proved, by answering there, that it is at that address).
+    connections: BTreeMap<PeerId, Vec<(libp2p::swarm::ConnectionId, Multiaddr, bool)>>,
     bootstrap: Option<Arc<dyn Bootstrap>>,
     bootstrap_timeout: Duration,
     bootstrapping: Option<BoxFuture<'static, BootstrapResult>>,
@@ -285,18 +286,34 @@ impl Driver {
         if addrs.is_empty()
             && let Some(conns) = self.connections.get(&peer)
         {
-            addrs.extend(conns.iter().map(|(_, a)| a.clone()));
+            addrs.extend(conns.iter().map(|(_, a, _)| a.clone()));
         }
         addrs.dedup();
         addrs
     }
 
+    /// A provider as the core may fetch from it. Its IPs are only those of connections this
+    /// node dialled and the peer answered (authenticated by noise), never merely what it
+    /// announced: a DHT member must not be able to point fetches, and their credentials, at
+    /// another host. (An inbound connection's source IP is not used either: it need not be an
+    /// address the peer listens on.) Without such a connection there is none: the caller
+    /// dials the peer first.
     fn provider(&mut self, peer: PeerId) -> Option<Provider> {
-        let addrs = self.addrs_of(peer);
-        let ips = provider_ips(&addrs);
+        let answered: Vec<Multiaddr> = self
+            .connections
+            .get(&peer)
+            .map(|c| {
+                c.iter()
+                    .filter(|(_, _, dialled)| *dialled)
+                    .map(|(_, a, _)| a.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let ips = provider_ips(&answered);
         if ips.is_empty() {
             return None;
         }
+        let addrs = self.addrs_of(peer);
         Some(Provider { peer, addrs, ips })
     }
 
@@ -322,8 +339,10 @@ impl Driver {
                     tracing::debug!(?id, %peer, "provider found, dialling it for its address");
                     // Kademlia knows the provider's addresses from the query but does not hand
                     // them out: dial the peer (it uses them) and report it once connected.
+                    // Also when the peer is connected to us: only a connection this node
+                    // dials proves an address (see `provider`).
                     let opts = DialOpts::peer_id(peer)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .condition(PeerCondition::NotDialing)
                         .build();
                     let waiting = self.awaiting.entry(peer).or_default();
                     let first = waiting.is_empty();
@@ -418,10 +437,11 @@ impl Driver {
                 endpoint,
                 ..
             } => {
-                self.connections
-                    .entry(peer_id)
-                    .or_default()
-                    .push((connection_id, endpoint.get_remote_address().clone()));
+                self.connections.entry(peer_id).or_default().push((
+                    connection_id,
+                    endpoint.get_remote_address().clone(),
+                    endpoint.is_dialer(),
+                ));
                 self.dial_resolved(peer_id);
             }
             SwarmEvent::ConnectionClosed {
@@ -432,7 +452,7 @@ impl Driver {
                 ..
             } => {
                 if let Some(conns) = self.connections.get_mut(&peer_id) {
-                    conns.retain(|(c, _)| *c != connection_id);
+                    conns.retain(|(c, _, _)| *c != connection_id);
                     if conns.is_empty() {
                         self.connections.remove(&peer_id);
                     }
@@ -667,7 +687,7 @@ impl Driver {
             .map(|(peer, conns)| {
                 let addrs = match self.identified.get(peer) {
                     Some(addrs) => addrs.clone(),
-                    None => conns.iter().map(|(_, a)| a.clone()).collect(),
+                    None => conns.iter().map(|(_, a, _)| a.clone()).collect(),
                 };
                 (*peer, addrs)
             })

@@ -933,13 +933,13 @@ mod tests {
         assert_eq!(r.dir, "docker.io");
         let out = render_hosts_toml(
             &Server::Given(r.server),
-            &cfg(&["http://10.0.0.5:30020"], true),
+            &cfg(&["http://192.0.2.5:30020"], true),
             None,
         )
         .unwrap();
         assert_eq!(
             out,
-            "server = 'https://registry-1.docker.io'\n\n[host.'http://10.0.0.5:30020']\ncapabilities = ['pull', 'resolve']\ndial_timeout = '200ms'\n"
+            "server = 'https://registry-1.docker.io'\n\n[host.'http://192.0.2.5:30020']\ncapabilities = ['pull', 'resolve']\ndial_timeout = '200ms'\n"
         );
     }
 
@@ -947,13 +947,13 @@ mod tests {
     fn default_has_no_server_and_pull_only() {
         let out = render_hosts_toml(
             &Server::None,
-            &cfg(&["10.0.0.5:30020", "https://b:1"], false),
+            &cfg(&["192.0.2.5:30020", "https://b:1"], false),
             None,
         )
         .unwrap();
         assert_eq!(
             out,
-            "[host.'http://10.0.0.5:30020']\ncapabilities = ['pull']\ndial_timeout = '200ms'\n\n[host.'https://b:1']\ncapabilities = ['pull']\ndial_timeout = '200ms'\n"
+            "[host.'http://192.0.2.5:30020']\ncapabilities = ['pull']\ndial_timeout = '200ms'\n\n[host.'https://b:1']\ncapabilities = ['pull']\ndial_timeout = '200ms'\n"
         );
     }
 

@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn advertisable() {
         let lo: Multiaddr = "/ip4/127.0.0.12/tcp/5001".parse().unwrap();
-        let pod: Multiaddr = "/ip4/10.0.0.5/tcp/5001".parse().unwrap();
+        let pod: Multiaddr = "/ip4/192.0.2.5/tcp/5001".parse().unwrap();
         let any: Multiaddr = "/ip4/0.0.0.0/tcp/5001".parse().unwrap();
         assert!(is_advertisable(&lo, false));
         assert!(!is_advertisable(&lo, true));
@@ -102,14 +102,14 @@ mod tests {
         );
         let mixed = [
             a("/ip4/127.0.0.1/tcp/5001"),
-            a("/ip4/10.0.0.5/tcp/5001"),
+            a("/ip4/192.0.2.5/tcp/5001"),
             a("/ip6/::1/tcp/5001"),
             a("/ip4/0.0.0.0/tcp/5001"),
             a("/dns4/x/tcp/1"),
         ];
         assert_eq!(
             provider_ips(&mixed),
-            vec!["10.0.0.5".parse::<IpAddr>().unwrap()]
+            vec!["192.0.2.5".parse::<IpAddr>().unwrap()]
         );
         assert!(provider_ips(&[]).is_empty());
     }

@@ -620,12 +620,12 @@ mod tests {
     #[test]
     fn lowest_three() {
         let ips: Vec<IpAddr> = [
-            "10.0.0.9",
-            "10.0.0.10",
-            "10.0.0.2",
-            "10.0.0.2",
+            "192.0.2.9",
+            "192.0.2.10",
+            "192.0.2.2",
+            "192.0.2.2",
             "::1",
-            "10.0.0.3",
+            "192.0.2.3",
         ]
         .iter()
         .map(|s| s.parse().unwrap())
@@ -633,13 +633,13 @@ mod tests {
         let got = lowest_ips(ips.clone(), &[]);
         assert_eq!(
             got,
-            ["10.0.0.2", "10.0.0.3", "10.0.0.9"]
+            ["192.0.2.2", "192.0.2.3", "192.0.2.9"]
                 .iter()
                 .map(|s| s.parse::<IpAddr>().unwrap())
                 .collect::<Vec<_>>()
         );
-        let got = lowest_ips(ips, &["10.0.0.2".parse().unwrap()]);
-        assert_eq!(got[0], "10.0.0.3".parse::<IpAddr>().unwrap());
+        let got = lowest_ips(ips, &["192.0.2.2".parse().unwrap()]);
+        assert_eq!(got[0], "192.0.2.3".parse::<IpAddr>().unwrap());
     }
 
     #[test]

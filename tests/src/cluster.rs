@@ -9,7 +9,28 @@ use anyhow::{Result, bail};
 
 use crate::images::TestImage;
 use crate::speil::{self, Ports, Speil};
-use crate::{Harness, Node, http};
+use crate::{Generation, Harness, Node, http};
+
+/// Which containerd generations a cluster's nodes run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterKind {
+    /// Every node runs this generation.
+    Uniform(Generation),
+    /// Node `i` runs `Generation::ALL[i % 3]`: 1.6, 2.3.4, 2.4-dev, 1.6, …
+    Mixed,
+}
+
+impl ClusterKind {
+    /// The generations of an `n`-node cluster of this kind.
+    pub fn nodes(self, n: usize) -> Vec<Generation> {
+        (0..n)
+            .map(|i| match self {
+                ClusterKind::Uniform(g) => g,
+                ClusterKind::Mixed => Generation::ALL[i % Generation::ALL.len()],
+            })
+            .collect()
+    }
+}
 
 /// The nodes, their speils and the upstream registry. Stopped on drop.
 pub struct Cluster {
@@ -23,7 +44,13 @@ impl Cluster {
     /// Starts `nodes` nodes, each with containerd and speil, bootstrapped over HTTP from the
     /// first, and waits until every speil is ready (or, alone, serving).
     pub fn start(nodes: usize) -> Result<Cluster> {
-        let h = Harness::start(nodes)?;
+        Cluster::start_generations(&vec![Generation::V1_6; nodes])
+    }
+
+    /// [`Cluster::start`] with node `i` running containerd `generations[i]`.
+    pub fn start_generations(generations: &[Generation]) -> Result<Cluster> {
+        let nodes = generations.len();
+        let h = Harness::start_generations(generations)?;
         let ports = Ports::for_block(h.block.index());
         let first: Ipv4Addr = h.nodes[0].address;
         let mut speils = Vec::new();

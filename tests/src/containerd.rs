@@ -11,17 +11,91 @@ use speil_containerd::{Config, Containerd};
 
 use crate::CRI_NAMESPACE;
 
+/// A containerd generation the harness can run: Debian's 1.6 (on `PATH`) and the two 2.x
+/// builds in `../shared/tools/containerd/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Generation {
+    /// containerd 1.6 from Debian (`containerd` on `PATH`), config `version = 2`.
+    V1_6,
+    /// containerd v2.3.4, config `version = 3`, no live configuration source.
+    V2_3,
+    /// containerd 2.4 development build, config `version = 3`, Introspection exports.
+    V2_4,
+}
+
+impl Generation {
+    /// Every generation, oldest first.
+    pub const ALL: [Generation; 3] = [Generation::V1_6, Generation::V2_3, Generation::V2_4];
+
+    /// A short name for test output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Generation::V1_6 => "containerd 1.6",
+            Generation::V2_3 => "containerd 2.3.4",
+            Generation::V2_4 => "containerd 2.4-dev",
+        }
+    }
+
+    /// Whether the daemon reads `version = 3` configs (containerd 2.x).
+    pub fn is_v2(self) -> bool {
+        !matches!(self, Generation::V1_6)
+    }
+
+    /// The daemon binary: `containerd` on `PATH` for 1.6; for 2.x `$SPEIL_CONTAINERD_2_3` /
+    /// `$SPEIL_CONTAINERD_2_4`, else `<shared>/tools/containerd/<version>/containerd`, where
+    /// `<shared>` is `$SPEIL_SHARED_DIR` or the `shared` directory beside the checkout.
+    pub fn binary(self) -> Result<PathBuf> {
+        let (var, sub) = match self {
+            Generation::V1_6 => {
+                return crate::which("containerd").context("containerd 1.6 is not on PATH");
+            }
+            Generation::V2_3 => ("SPEIL_CONTAINERD_2_3", "v2.3.4"),
+            Generation::V2_4 => ("SPEIL_CONTAINERD_2_4", "v2.4.0-dev"),
+        };
+        let path = match std::env::var_os(var) {
+            Some(p) => PathBuf::from(p),
+            None => shared_dir()
+                .join("tools/containerd")
+                .join(sub)
+                .join("containerd"),
+        };
+        if !path.is_file() {
+            bail!(
+                "{} binary not found at {} (set {var} or put the shared directory beside the checkout)",
+                self.name(),
+                path.display()
+            );
+        }
+        Ok(path)
+    }
+}
+
+/// The read-only `shared` directory: `$SPEIL_SHARED_DIR`, else `../shared` beside the checkout.
+pub fn shared_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("SPEIL_SHARED_DIR") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
 /// A containerd daemon with its own directories, sockets and loopback address.
 pub struct Node {
     /// The node's number in its harness.
     pub index: usize,
     /// The node's loopback address.
     pub address: Ipv4Addr,
+    /// Which containerd runs on this node.
+    pub generation: Generation,
     dir: PathBuf,
+    binary: PathBuf,
     child: Option<Child>,
 }
 
-fn config_toml(dir: &Path, address: Ipv4Addr) -> String {
+/// The configuration a node's containerd starts with.
+pub fn config_toml(dir: &Path, address: Ipv4Addr, generation: Generation) -> String {
+    if generation.is_v2() {
+        return config_toml_v3(dir, address);
+    }
     let d = dir.display();
     format!(
         r#"version = 2
@@ -62,19 +136,76 @@ disabled_plugins = [
     )
 }
 
+fn config_toml_v3(dir: &Path, address: Ipv4Addr) -> String {
+    let d = dir.display();
+    format!(
+        r#"version = 3
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.tracing.processor.v1.otlp",
+]
+
+[grpc]
+  address = "{d}/c.sock"
+
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+
+[debug]
+  level = "warn"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "{address}"
+    stream_server_port = "0"
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["{d}/cni/bin"]
+    conf_dir = "{d}/cni/conf"
+  [plugins."io.containerd.cri.v1.images"]
+    snapshotter = "overlayfs"
+    discard_unpacked_layers = false
+    [plugins."io.containerd.cri.v1.images".registry]
+      config_path = "{d}/certs.d"
+"#
+    )
+}
+
 impl Node {
     /// Writes the node's configuration under `dir` and starts containerd. Call
     /// [`Node::wait_ready`] next.
     pub fn spawn(dir: &Path, index: usize, address: Ipv4Addr) -> Result<Node> {
+        Node::spawn_generation(dir, index, address, Generation::V1_6)
+    }
+
+    /// [`Node::spawn`] with the given containerd generation.
+    pub fn spawn_generation(
+        dir: &Path,
+        index: usize,
+        address: Ipv4Addr,
+        generation: Generation,
+    ) -> Result<Node> {
+        let binary = generation.binary()?;
         for sub in ["root", "state", "opt", "cni/bin", "cni/conf", "certs.d"] {
             std::fs::create_dir_all(dir.join(sub))
                 .with_context(|| format!("creating {}", dir.join(sub).display()))?;
         }
-        std::fs::write(dir.join("config.toml"), config_toml(dir, address))?;
+        std::fs::write(
+            dir.join("config.toml"),
+            config_toml(dir, address, generation),
+        )?;
         let mut node = Node {
             index,
             address,
+            generation,
             dir: dir.to_path_buf(),
+            binary,
             child: None,
         };
         node.launch()?;
@@ -87,7 +218,7 @@ impl Node {
             .create(true)
             .append(true)
             .open(self.dir.join("containerd.log"))?;
-        let child = Command::new("containerd")
+        let child = Command::new(&self.binary)
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .stdin(Stdio::null())
@@ -154,6 +285,11 @@ impl Node {
     /// containerd's PID while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// containerd's configuration file (what it was started with `--config`).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
     }
 
     /// The node's directory.

@@ -24,7 +24,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 pub use block::AddressBlock;
-pub use containerd::Node;
+pub use containerd::{Generation, Node};
 pub use images::{PlatformImage, TestImage};
 pub use registry::Registry;
 pub use speil::{Ports, Speil};
@@ -63,6 +63,11 @@ pub fn require_components() -> bool {
         .filter(|c| which(c).is_none())
         .map(|c| format!("`{c}` not on PATH"))
         .collect();
+    for generation in Generation::ALL {
+        if let Err(e) = generation.binary() {
+            missing.push(format!("{e:#}"));
+        }
+    }
     if !is_root() {
         missing.push("not running as root (containerd needs it)".into());
     }
@@ -97,6 +102,12 @@ impl Harness {
     /// Starts a registry and `nodes` containerd daemons, in parallel, and waits until all
     /// answer.
     pub fn start(nodes: usize) -> Result<Harness> {
+        Harness::start_generations(&vec![Generation::V1_6; nodes])
+    }
+
+    /// Starts a registry and one containerd per entry of `generations` (node `i` runs
+    /// `generations[i]`), in parallel, and waits until all answer.
+    pub fn start_generations(generations: &[Generation]) -> Result<Harness> {
         let block = AddressBlock::acquire()?;
         let dir = tempfile::Builder::new()
             .prefix("speil-h")
@@ -104,9 +115,14 @@ impl Harness {
             .context("creating the harness directory")?;
         let mut registry = Registry::spawn(&dir.path().join("registry"))?;
         let mut started = Vec::new();
-        for i in 0..nodes {
+        for (i, generation) in generations.iter().enumerate() {
             let addr = block.node_address(i)?;
-            started.push(Node::spawn(&dir.path().join(format!("n{i}")), i, addr)?);
+            started.push(Node::spawn_generation(
+                &dir.path().join(format!("n{i}")),
+                i,
+                addr,
+                *generation,
+            )?);
         }
         if let Err(e) = registry.wait_ready(Duration::from_secs(10)) {
             if !registry.port_was_taken() {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use speil_core::Digest;
-use speil_tests::cluster::{Cluster, wait_findable};
-use speil_tests::{Speil, TestImage, http, images, require_components};
+use speil_tests::cluster::{Cluster, ClusterKind, wait_findable};
+use speil_tests::{Generation, Speil, TestImage, http, images, require_components};
 
 /// Every blob of the image's host platform, fetched from `s` by digest (without `ns`), hashes
 /// to its digest and equals the bytes of the image's layout.
@@ -42,12 +42,8 @@ fn hits(s: &Speil) -> Result<f64> {
         .sum())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_are_served_by_peers_after_the_upstream_is_gone() -> Result<()> {
-    if !require_components() {
-        return Ok(());
-    }
-    let mut c = Cluster::start(3)?;
+async fn pulls_are_served_by_peers_after_the_upstream_is_gone(kind: ClusterKind) -> Result<()> {
+    let mut c = Cluster::start_generations(&kind.nodes(3))?;
     let reg = c.registry();
     let small = images::small()?;
     let multi = images::multi()?;
@@ -108,12 +104,8 @@ async fn pulls_are_served_by_peers_after_the_upstream_is_gone() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_killed_mid_blob_does_not_break_the_pull() -> Result<()> {
-    if !require_components() {
-        return Ok(());
-    }
-    let mut c = Cluster::start(3)?;
+async fn a_peer_killed_mid_blob_does_not_break_the_pull(kind: ClusterKind) -> Result<()> {
+    let mut c = Cluster::start_generations(&kind.nodes(3))?;
     let reg = c.registry();
     let large = images::large()?;
     c.h.registry.push(large)?;
@@ -171,12 +163,10 @@ async fn a_peer_killed_mid_blob_does_not_break_the_pull() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_tag_is_found_and_a_removed_image_gives_a_clean_404() -> Result<()> {
-    if !require_components() {
-        return Ok(());
-    }
-    let mut c = Cluster::start(2)?;
+async fn a_late_tag_is_found_and_a_removed_image_gives_a_clean_404(
+    kind: ClusterKind,
+) -> Result<()> {
+    let mut c = Cluster::start_generations(&kind.nodes(2))?;
     let reg = c.registry();
     let small = images::small()?;
     c.h.registry.push(small)?;
@@ -226,12 +216,8 @@ async fn a_late_tag_is_found_and_a_removed_image_gives_a_clean_404() -> Result<(
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_api_statuses_over_real_http() -> Result<()> {
-    if !require_components() {
-        return Ok(());
-    }
-    let mut c = Cluster::start(1)?;
+async fn registry_api_statuses_over_real_http(kind: ClusterKind) -> Result<()> {
+    let mut c = Cluster::start_generations(&kind.nodes(1))?;
     let reg = c.registry();
     let small = images::small()?;
     c.h.registry.push(small)?;
@@ -335,12 +321,8 @@ async fn registry_api_statuses_over_real_http() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn speil_survives_a_containerd_restart() -> Result<()> {
-    if !require_components() {
-        return Ok(());
-    }
-    let mut c = Cluster::start(2)?;
+async fn speil_survives_a_containerd_restart(kind: ClusterKind) -> Result<()> {
+    let mut c = Cluster::start_generations(&kind.nodes(2))?;
     let reg = c.registry();
     let small = images::small()?;
     let multi = images::multi()?;
@@ -372,12 +354,8 @@ async fn speil_survives_a_containerd_restart() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_containerd_does_not_hang_requests() -> Result<()> {
-    if !require_components() {
-        return Ok(());
-    }
-    let c = Cluster::start(1)?;
+async fn a_frozen_containerd_does_not_hang_requests(kind: ClusterKind) -> Result<()> {
+    let c = Cluster::start_generations(&kind.nodes(1))?;
     let reg = c.registry();
     let small = images::small()?;
     c.h.registry.push(small)?;
@@ -407,3 +385,70 @@ async fn a_frozen_containerd_does_not_hang_requests() -> Result<()> {
     assert_eq!(http::request(a, "GET", &path, &[])?.status, 200);
     Ok(())
 }
+
+/// One `#[test]` per scenario and cluster kind, so that CI shows which generation broke and
+/// the generations run in parallel (each harness has its own address block and ports).
+macro_rules! on {
+    ($module:ident, $kind:expr, [$($scenario:ident),* $(,)?]) => {
+        mod $module {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() -> Result<()> {
+                    if !require_components() {
+                        return Ok(());
+                    }
+                    super::$scenario($kind).await
+                }
+            )*
+        }
+    };
+}
+
+on!(
+    containerd_1_6,
+    ClusterKind::Uniform(Generation::V1_6),
+    [
+        pulls_are_served_by_peers_after_the_upstream_is_gone,
+        a_peer_killed_mid_blob_does_not_break_the_pull,
+        a_late_tag_is_found_and_a_removed_image_gives_a_clean_404,
+        registry_api_statuses_over_real_http,
+        speil_survives_a_containerd_restart,
+        a_frozen_containerd_does_not_hang_requests,
+    ]
+);
+on!(
+    containerd_2_3,
+    ClusterKind::Uniform(Generation::V2_3),
+    [
+        pulls_are_served_by_peers_after_the_upstream_is_gone,
+        a_peer_killed_mid_blob_does_not_break_the_pull,
+        a_late_tag_is_found_and_a_removed_image_gives_a_clean_404,
+        registry_api_statuses_over_real_http,
+        speil_survives_a_containerd_restart,
+        a_frozen_containerd_does_not_hang_requests,
+    ]
+);
+on!(
+    containerd_2_4,
+    ClusterKind::Uniform(Generation::V2_4),
+    [
+        pulls_are_served_by_peers_after_the_upstream_is_gone,
+        a_peer_killed_mid_blob_does_not_break_the_pull,
+        a_late_tag_is_found_and_a_removed_image_gives_a_clean_404,
+        registry_api_statuses_over_real_http,
+        speil_survives_a_containerd_restart,
+        a_frozen_containerd_does_not_hang_requests,
+    ]
+);
+// A cluster of 1.6, 2.3.4 and 2.4 nodes (the scenarios with more than one node).
+on!(
+    mixed,
+    ClusterKind::Mixed,
+    [
+        pulls_are_served_by_peers_after_the_upstream_is_gone,
+        a_peer_killed_mid_blob_does_not_break_the_pull,
+        a_late_tag_is_found_and_a_removed_image_gives_a_clean_404,
+        speil_survives_a_containerd_restart,
+    ]
+);

@@ -10,7 +10,7 @@ use speil_containerd::{BlobBody, Containerd, StoreEvents, tokio_rt::spawn_watch}
 use speil_core::Digest;
 use speil_core::store::{ImageState, StoreEvent};
 use speil_tests::containerd::mounts_under;
-use speil_tests::{Harness, TestImage, images};
+use speil_tests::{Generation, Harness, TestImage, images};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -122,13 +122,27 @@ async fn harness_starts_three_nodes_fast_and_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listing_and_walking_after_a_cri_pull() {
+async fn listing_and_walking_after_a_cri_pull_on_containerd_1_6() {
+    listing_and_walking_after_a_cri_pull(Generation::V1_6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_walking_after_a_cri_pull_on_containerd_2_3() {
+    listing_and_walking_after_a_cri_pull(Generation::V2_3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_and_walking_after_a_cri_pull_on_containerd_2_4() {
+    listing_and_walking_after_a_cri_pull(Generation::V2_4).await;
+}
+
+async fn listing_and_walking_after_a_cri_pull(generation: Generation) {
     if !speil_tests::require_components() {
         return;
     }
     let multi = images::multi().unwrap();
     let small = images::small().unwrap();
-    let harness = Harness::start(1).unwrap();
+    let harness = Harness::start_generations(&[generation]).unwrap();
     let reg = harness.registry.host();
     harness.registry.push(multi).unwrap();
     harness.registry.push(small).unwrap();

@@ -1547,6 +1547,95 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_targets_are_bracketed() {
+        for (input, want) in [
+            ("http://2001:db8::5:30020", "http://[2001:db8::5]:30020"),
+            ("fd00::5:30020", "http://[fd00::5]:30020"),
+            ("https://[fd00::5]:443/v2", "https://[fd00::5]:443/v2"),
+            ("[::1]", "http://[::1]"),
+            ("http://[::1]:5000", "http://[::1]:5000"),
+            ("2001:db8::1", "http://[2001:db8::1]"),
+            ("192.0.2.5:30020", "http://192.0.2.5:30020"),
+        ] {
+            assert_eq!(parse_mirror_target(input).as_deref(), Ok(want), "{input}");
+        }
+        for bad in [
+            "http://[::1",
+            "http://[zz::1]:5",
+            "http://[::1]x",
+            "a:b:c",
+            "http://::g:1",
+            "[::1]:99999",
+            "http://2001:db8::5:99999x",
+        ] {
+            let e = parse_mirror_target(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && !e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ipv6_hosts_keep_their_order_without_brackets_in_headers() {
+        let existing = "server = \"https://ghcr.io\"\nca = \"/c.crt\"\n[host.\"https://z.example\"]\ncapabilities = [\"pull\"]\n[host.\"https://z.example\".header]\nx = [\"y\"]\n[host.\"https://a.example\"]\n";
+        for targets in [
+            ["fd00::5:30020", "192.0.2.5:30020"],
+            ["192.0.2.5:30020", "fd00::5:30020"],
+        ] {
+            let mut c = cfg(&targets, true);
+            c.basic_auth = Some(BasicAuth::new("user", "pass").unwrap());
+            for ex in [None, Some(("ghcr.io/hosts.toml", existing))] {
+                let out =
+                    render_hosts_toml(&Server::ExistingOr("https://x".into()), &c, ex).unwrap();
+                for line in out.lines().filter(|l| l.starts_with('[')) {
+                    assert_eq!(line.matches(']').count(), 1, "{line}\n{out}");
+                }
+                let t: toml::Table = out.parse().unwrap();
+                let mut want = c.targets.clone();
+                if ex.is_some() {
+                    want.extend(["https://z.example".into(), "https://a.example".into()]);
+                    assert_eq!(t["server"].as_str(), Some("https://ghcr.io"));
+                    assert_eq!(t["ca"].as_str(), Some("/c.crt"));
+                    assert_eq!(
+                        t["host"]["https://z.example"]["header"]["x"][0].as_str(),
+                        Some("y")
+                    );
+                } else {
+                    assert_eq!(t["server"].as_str(), Some("https://x"));
+                }
+                assert_eq!(hosts_in_order(&out), Some(want), "{out}");
+                for target in &c.targets {
+                    assert_eq!(
+                        t["host"][target.as_str()]["header"]["Authorization"].as_str(),
+                        Some("Basic dXNlcjpwYXNz")
+                    );
+                    assert_eq!(
+                        t["host"][target.as_str()]["capabilities"][1].as_str(),
+                        Some("resolve")
+                    );
+                    assert_eq!(
+                        t["host"][target.as_str()]["dial_timeout"].as_str(),
+                        Some("200ms")
+                    );
+                }
+            }
+        }
+        // Order comes from the text, not from the keys' sort order.
+        let out = render_hosts_toml(
+            &Server::None,
+            &cfg(&["http://[::1]:2", "http://[::1]:1"], true),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            hosts_in_order(&out),
+            Some(vec![
+                "http://[::1]:2".to_string(),
+                "http://[::1]:1".to_string()
+            ])
+        );
+        assert!(!out.contains("server"));
+    }
+
+    #[test]
     fn missing_targets_is_an_error() {
         assert_eq!(
             render_hosts_toml(&Server::None, &cfg(&[], true), None),

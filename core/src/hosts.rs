@@ -1028,9 +1028,18 @@ struct Backup {
     names: BTreeSet<String>,
 }
 
+/// What [`scan`] found.
+struct Scan {
+    backup: Option<Backup>,
+    /// Removals of what interrupted runs left behind.
+    ops: Vec<FileOp>,
+    /// The top-level names beside the backup.
+    top: Vec<String>,
+}
+
 /// Reads the backup and returns the operations that remove what interrupted runs left behind
 /// (a backup directory being created or removed, a temporary record).
-fn scan(current: &Tree) -> Result<(Option<Backup>, Vec<FileOp>, Vec<String>), PlanError> {
+fn scan(current: &Tree) -> Result<Scan, PlanError> {
     let mut ops = Vec::new();
     for junk in [NEW_BACKUP_DIR, OLD_BACKUP_DIR] {
         if current.get(junk).is_some() {
@@ -1083,7 +1092,7 @@ fn scan(current: &Tree) -> Result<(Option<Backup>, Vec<FileOp>, Vec<String>), Pl
         }
         Some(_) => return Err(PlanError::Tree(TreeError::BackupNotDir)),
     };
-    Ok((backup, ops, top))
+    Ok(Scan { backup, ops, top })
 }
 
 fn check_reserved<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), PlanError> {
@@ -1112,7 +1121,11 @@ pub fn plan_configuration(
     if options.hosts.targets.is_empty() {
         return Err(PlanError::Hosts(HostsError::NoMirrorTargets));
     }
-    let (backup, mut ops, top) = scan(current)?;
+    let Scan {
+        backup,
+        mut ops,
+        top,
+    } = scan(current)?;
     let top_names = |d: &BTreeMap<String, Want>| -> BTreeSet<String> {
         d.keys().filter(|k| !k.contains('/')).cloned().collect()
     };
@@ -1375,7 +1388,11 @@ fn desired_tree(
 /// leftovers of interrupted runs are removed when there is no backup (nothing was
 /// configured, or cleanup ran already).
 pub fn plan_cleanup(current: &Tree) -> Result<Vec<FileOp>, PlanError> {
-    let (backup, mut ops, top) = scan(current)?;
+    let Scan {
+        backup,
+        mut ops,
+        top,
+    } = scan(current)?;
     let Some(b) = backup else {
         return Ok(ops);
     };

@@ -16,7 +16,7 @@
 //! directory for a host shadows `_default` in containerd, so dropping it would lose its
 //! certificates and keeping it unchanged would bypass speil.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine as _;
 
@@ -152,7 +152,27 @@ impl Registry {
     }
 }
 
-/// Normalises a mirror target: `http://` is added when no scheme is given.
+/// An IPv6 literal (without brackets).
+fn ipv6(text: &str) -> Option<std::net::Ipv6Addr> {
+    text.parse().ok()
+}
+
+/// Brackets an unbracketed IPv6 host (`2001:db8::5:30020` → `[2001:db8::5]:30020`): the last
+/// `:<digits>` is the port when the rest is an IPv6 address, else the whole is the address.
+fn bracket_ipv6(host: &str) -> Option<String> {
+    if let Some((addr, port)) = host.rsplit_once(':')
+        && !port.is_empty()
+        && port.chars().all(|c| c.is_ascii_digit())
+        && port.parse::<u16>().is_ok()
+        && let Some(a) = ipv6(addr)
+    {
+        return Some(format!("[{a}]:{port}"));
+    }
+    ipv6(host).map(|a| format!("[{a}]"))
+}
+
+/// Normalises a mirror target: `http://` is added when no scheme is given, and an IPv6 address
+/// is written bracketed (`fd00::5:30020` → `http://[fd00::5]:30020`).
 pub fn parse_mirror_target(value: &str) -> Result<String, HostsError> {
     let err = |reason| HostsError::MirrorTarget {
         value: value.to_string(),
@@ -176,14 +196,37 @@ pub fn parse_mirror_target(value: &str) -> Result<String, HostsError> {
     if scheme != "http" && scheme != "https" {
         return Err(err("the scheme must be http or https"));
     }
-    let host = rest.split('/').next().unwrap_or("");
+    let (host, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
     if host.contains('@') {
         return Err(err("credentials do not belong in the URL"));
     }
-    if !valid_host(host) {
+    let host = if let Some(inner) = host.strip_prefix('[') {
+        let addr = inner.split(']').next().unwrap_or("");
+        if ipv6(addr).is_none() {
+            return Err(err("expected an IPv6 address between [ and ]"));
+        }
+        host.to_string()
+    } else if host.matches(':').count() > 1 {
+        bracket_ipv6(host).ok_or_else(|| {
+            err("expected an IPv6 address, optionally followed by :<port>, or host[:port]")
+        })?
+    } else {
+        host.to_string()
+    };
+    if !valid_host(&host) {
         return Err(err("expected host[:port]"));
     }
-    Ok(format!("{scheme}://{rest}"))
+    Ok(format!("{scheme}://{host}{path}"))
+}
+
+/// True when the target's host is a bracketed IPv6 address.
+fn is_ipv6_target(target: &str) -> bool {
+    target
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.starts_with('['))
 }
 
 /// Credentials the mirrors require (speil's optional basic auth).
@@ -357,6 +400,9 @@ pub fn render_hosts_toml(
     if config.targets.is_empty() {
         return Err(HostsError::NoMirrorTargets);
     }
+    if config.targets.iter().any(|t| is_ipv6_target(t)) {
+        return render_dotted(server, config, existing);
+    }
     let split = match existing {
         Some((path, text)) => split_existing(path, text, &config.targets)?,
         None => Split::default(),
@@ -401,6 +447,139 @@ pub fn render_hosts_toml(
     Ok(out)
 }
 
+fn invalid(path: &str, e: &toml::de::Error) -> HostsError {
+    HostsError::ExistingInvalid {
+        path: path.to_string(),
+        message: e
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+/// A TOML key: bare when it can be, else a basic string.
+fn toml_key(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        key.to_string()
+    } else {
+        toml::Value::String(key.to_string()).to_string()
+    }
+}
+
+/// Writes `value` under `prefix` as dotted-key lines (tables flattened, other values inline).
+fn push_dotted(out: &mut String, prefix: &str, value: &toml::Value) {
+    match value {
+        toml::Value::Table(t) if !t.is_empty() => {
+            for (k, v) in t {
+                push_dotted(out, &format!("{prefix}.{}", toml_key(k)), v);
+            }
+        }
+        toml::Value::Table(_) => out.push_str(&format!("{prefix} = {{}}\n")),
+        other => out.push_str(&format!("{prefix} = {other}\n")),
+    }
+}
+
+/// The `host` keys of a `hosts.toml` in the order they first appear in the text, which is the
+/// order containerd tries them in (it sorts hosts by the line where each is defined).
+pub fn hosts_in_order(text: &str) -> Option<Vec<String>> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let Some((_, host)) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "host") else {
+        return Some(Vec::new());
+    };
+    let toml::de::DeValue::Table(hosts) = host.get_ref() else {
+        return None;
+    };
+    let mut keys: Vec<(usize, String)> = hosts
+        .iter()
+        .map(|(k, _)| (k.span().start, k.get_ref().to_string()))
+        .collect();
+    keys.sort();
+    Some(keys.into_iter().map(|(_, k)| k).collect())
+}
+
+/// The IPv6 form: every host as dotted keys (`host."http://[::1]:5000".capabilities = …`)
+/// before any table, because containerd 1.6 rejects `]` in a table header and drops
+/// `[host.…]` tables that follow dotted `host` keys. The existing file is re-rendered from its
+/// parsed form (its comments and layout are not kept); its hosts keep their order.
+fn render_dotted(
+    server: &Server,
+    config: &HostsConfig,
+    existing: Option<(&str, &str)>,
+) -> Result<String, HostsError> {
+    let (mut whole, order) = match existing {
+        Some((path, text)) => {
+            let whole = text.parse::<toml::Table>().map_err(|e| invalid(path, &e))?;
+            (whole, hosts_in_order(text).unwrap_or_default())
+        }
+        None => (toml::Table::new(), Vec::new()),
+    };
+    let mut existing_hosts = match whole.remove("host") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => {
+            return Err(HostsError::ExistingInvalid {
+                path: existing.map(|(p, _)| p).unwrap_or_default().to_string(),
+                message: "host is not a table".to_string(),
+            });
+        }
+        None => toml::Table::new(),
+    };
+    for target in &config.targets {
+        existing_hosts.remove(target);
+    }
+    let existing_server = whole.remove("server");
+    let mut out = String::new();
+    let server_line = match (server, existing_server) {
+        (Server::Given(url), _) => Some(toml::Value::String(url.clone())),
+        (_, Some(v)) => Some(v),
+        (Server::ExistingOr(url), None) => Some(toml::Value::String(url.clone())),
+        (Server::None, None) => None,
+    };
+    if let Some(v) = server_line {
+        out.push_str(&format!("server = {v}\n"));
+    }
+    let (tables, values): (toml::Table, toml::Table) =
+        whole.into_iter().partition(|(_, v)| v.is_table());
+    for (k, v) in &values {
+        out.push_str(&format!("{} = {v}\n", toml_key(k)));
+    }
+    let capabilities = if config.resolve_tags {
+        "[\"pull\", \"resolve\"]"
+    } else {
+        "[\"pull\"]"
+    };
+    for target in &config.targets {
+        let key = format!("host.\"{target}\"");
+        out.push_str(&format!(
+            "{key}.capabilities = {capabilities}\n{key}.dial_timeout = \"200ms\"\n"
+        ));
+        if let Some(auth) = &config.basic_auth {
+            out.push_str(&format!(
+                "{key}.header.Authorization = \"{}\"\n",
+                auth.header()
+            ));
+        }
+    }
+    let mut names: Vec<&String> = existing_hosts.keys().collect();
+    names.sort_by_key(|n| order.iter().position(|o| o == *n).unwrap_or(usize::MAX));
+    for name in names {
+        push_dotted(
+            &mut out,
+            &format!("host.{}", toml_key(name)),
+            &existing_hosts[name.as_str()],
+        );
+    }
+    if !tables.is_empty() {
+        out.push('\n');
+        out.push_str(&toml::to_string(&tables).unwrap_or_default());
+    }
+    Ok(out)
+}
+
 /// The `server` an existing `hosts.toml` names, if any.
 pub fn existing_server(text: &str) -> Option<String> {
     let t: toml::Table = text.parse().ok()?;
@@ -418,11 +597,30 @@ pub enum Node {
     Symlink(String),
 }
 
-/// A directory tree: relative `/`-separated paths to entries. Every entry's parent directories
-/// are entries too.
+/// Permission bits of a file speil writes (and of a file inserted without a mode).
+pub const FILE_MODE: u32 = 0o644;
+/// Permission bits of a `hosts.toml` that carries an `Authorization` header.
+pub const SECRET_MODE: u32 = 0o600;
+/// Permission bits of a directory inserted or created without a mode.
+pub const DIR_MODE: u32 = 0o755;
+/// speil's record of the backup, inside [`BACKUP_DIR`].
+pub const STATE_FILE: &str = ".speil-state";
+/// The backup directory while it is being created (renamed to [`BACKUP_DIR`] when complete).
+pub const NEW_BACKUP_DIR: &str = "_backup.speil-new";
+/// The backup directory while `cleanup` removes it.
+pub const OLD_BACKUP_DIR: &str = "_backup.speil-old";
+
+/// The name of the temporary file an atomic write of `name` goes through (same directory).
+pub fn temp_name(name: &str) -> String {
+    format!(".{name}.speil-tmp")
+}
+
+/// A directory tree: relative `/`-separated paths to entries, and the permission bits of its
+/// files and directories. Every entry's parent directories are entries too.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Tree {
     entries: BTreeMap<String, Node>,
+    modes: BTreeMap<String, u32>,
 }
 
 /// A tree or plan operation that cannot be carried out.
@@ -443,6 +641,17 @@ pub enum TreeError {
     /// `_backup` exists but is not a directory.
     #[error("{BACKUP_DIR} exists but is not a directory")]
     BackupNotDir,
+    /// speil's record of the backup cannot be read.
+    #[error("{BACKUP_DIR}/{STATE_FILE} is not speil's backup record: {0}")]
+    State(String),
+    /// An entry exists both in the directory and in the backup, and is not speil's.
+    #[error(
+        "{0} exists both in the configuration directory and in {BACKUP_DIR}/: move one of them away"
+    )]
+    Conflict(String),
+    /// An entry whose name speil uses for its own record.
+    #[error("{0} is a name speil reserves for its backup record: rename it")]
+    Reserved(String),
 }
 
 fn check_path(path: &str) -> Result<(), TreeError> {
@@ -465,6 +674,14 @@ fn is_under(path: &str, dir: &str) -> bool {
     path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
 }
 
+fn default_mode(node: &Node) -> Option<u32> {
+    match node {
+        Node::Dir => Some(DIR_MODE),
+        Node::File(_) => Some(FILE_MODE),
+        Node::Symlink(_) => None,
+    }
+}
+
 impl Tree {
     /// An empty tree.
     pub fn new() -> Self {
@@ -479,14 +696,28 @@ impl Tree {
                 None => {
                     self.ensure_parents(p)?;
                     self.entries.insert(p.to_string(), Node::Dir);
+                    self.modes.insert(p.to_string(), DIR_MODE);
                 }
             }
         }
         Ok(())
     }
 
-    /// Adds (or replaces) an entry, creating missing parent directories.
+    /// Adds (or replaces) an entry with the default mode ([`FILE_MODE`], [`DIR_MODE`]),
+    /// creating missing parent directories.
     pub fn insert(&mut self, path: &str, node: Node) -> Result<(), TreeError> {
+        let mode = default_mode(&node);
+        self.insert_with_mode(path, node, mode)
+    }
+
+    /// Adds (or replaces) an entry with these permission bits (`None` for a symbolic link),
+    /// creating missing parent directories.
+    pub fn insert_with_mode(
+        &mut self,
+        path: &str,
+        node: Node,
+        mode: Option<u32>,
+    ) -> Result<(), TreeError> {
         check_path(path)?;
         self.ensure_parents(path)?;
         if let Some(existing) = self.entries.get(path)
@@ -494,6 +725,12 @@ impl Tree {
         {
             return Err(TreeError::Exists(path.to_string()));
         }
+        match mode {
+            Some(m) if !matches!(node, Node::Symlink(_)) => {
+                self.modes.insert(path.to_string(), m & 0o7777)
+            }
+            _ => self.modes.remove(path),
+        };
         self.entries.insert(path.to_string(), node);
         Ok(())
     }
@@ -501,6 +738,11 @@ impl Tree {
     /// The entry at `path`.
     pub fn get(&self, path: &str) -> Option<&Node> {
         self.entries.get(path)
+    }
+
+    /// The permission bits of the file or directory at `path`.
+    pub fn mode(&self, path: &str) -> Option<u32> {
+        self.modes.get(path).copied()
     }
 
     /// All entries, parents before children.
@@ -529,14 +771,23 @@ impl Tree {
 
     /// The entries below `dir`, with paths relative to it.
     pub fn subtree(&self, dir: &str) -> Tree {
-        Tree {
-            entries: self
-                .entries
-                .iter()
-                .filter(|(k, _)| is_under(k, dir))
-                .map(|(k, v)| (k[dir.len() + 1..].to_string(), v.clone()))
-                .collect(),
+        let mut t = Tree::new();
+        for (k, v) in self.entries.iter().filter(|(k, _)| is_under(k, dir)) {
+            let rel = k[dir.len() + 1..].to_string();
+            if let Some(m) = self.modes.get(k) {
+                t.modes.insert(rel.clone(), *m);
+            }
+            t.entries.insert(rel, v.clone());
         }
+        t
+    }
+
+    /// The tree without the entry `name` and everything below it.
+    pub fn without(&self, name: &str) -> Tree {
+        let mut t = self.clone();
+        t.entries.retain(|k, _| k != name && !is_under(k, name));
+        t.modes.retain(|k, _| k != name && !is_under(k, name));
+        t
     }
 
     /// Executes `ops` in order, as an adapter would on disk.
@@ -547,7 +798,8 @@ impl Tree {
         Ok(())
     }
 
-    fn apply_one(&mut self, op: &FileOp) -> Result<(), TreeError> {
+    /// Executes one operation; on error the tree is unchanged.
+    pub fn apply_one(&mut self, op: &FileOp) -> Result<(), TreeError> {
         match op {
             FileOp::CreateDir { path } => match self.entries.get(path.as_str()) {
                 Some(Node::Dir) => Ok(()),
@@ -556,33 +808,44 @@ impl Tree {
                     check_path(path)?;
                     self.require_parent(path)?;
                     self.entries.insert(path.clone(), Node::Dir);
+                    self.modes.insert(path.clone(), DIR_MODE);
                     Ok(())
                 }
             },
             FileOp::Rename { from, to } => {
                 check_path(to)?;
-                let node = self
-                    .entries
-                    .remove(from.as_str())
-                    .ok_or_else(|| TreeError::Missing(from.clone()))?;
-                if self.entries.contains_key(to.as_str()) || self.require_parent(to).is_err() {
-                    self.entries.insert(from.clone(), node);
+                if !self.entries.contains_key(from.as_str()) {
+                    return Err(TreeError::Missing(from.clone()));
+                }
+                if self.entries.contains_key(to.as_str())
+                    || self.require_parent(to).is_err()
+                    || to == from
+                    || is_under(to, from)
+                {
                     return Err(TreeError::Exists(to.clone()));
                 }
-                let moved: Vec<(String, Node)> = self
+                let moved: Vec<String> = self
                     .entries
-                    .iter()
-                    .filter(|(k, _)| is_under(k, from))
-                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .keys()
+                    .filter(|k| *k == from || is_under(k, from))
+                    .cloned()
                     .collect();
-                for (k, v) in moved {
-                    self.entries.remove(&k);
-                    self.entries.insert(format!("{to}{}", &k[from.len()..]), v);
+                for k in moved {
+                    let new = format!("{to}{}", &k[from.len()..]);
+                    if let Some(v) = self.entries.remove(&k) {
+                        self.entries.insert(new.clone(), v);
+                    }
+                    if let Some(m) = self.modes.remove(&k) {
+                        self.modes.insert(new, m);
+                    }
                 }
-                self.entries.insert(to.clone(), node);
                 Ok(())
             }
-            FileOp::WriteFile { path, contents } => {
+            FileOp::WriteFile {
+                path,
+                contents,
+                mode,
+            } => {
                 check_path(path)?;
                 self.require_parent(path)?;
                 if let Some(Node::Dir) = self.entries.get(path.as_str()) {
@@ -590,6 +853,7 @@ impl Tree {
                 }
                 self.entries
                     .insert(path.clone(), Node::File(contents.clone()));
+                self.modes.insert(path.clone(), *mode & 0o7777);
                 Ok(())
             }
             FileOp::Copy { from, to } => {
@@ -603,14 +867,19 @@ impl Tree {
                 if let Some(Node::Dir) = self.entries.get(to.as_str()) {
                     return Err(TreeError::Exists(to.clone()));
                 }
+                match self.modes.get(from.as_str()).copied() {
+                    Some(m) => self.modes.insert(to.clone(), m),
+                    None => self.modes.remove(to.as_str()),
+                };
                 self.entries.insert(to.clone(), node);
                 Ok(())
             }
             FileOp::Remove { path } => {
-                if self.entries.remove(path.as_str()).is_none() {
+                if !self.entries.contains_key(path.as_str()) {
                     return Err(TreeError::Missing(path.clone()));
                 }
-                self.entries.retain(|k, _| !is_under(k, path));
+                self.entries.retain(|k, _| k != path && !is_under(k, path));
+                self.modes.retain(|k, _| k != path && !is_under(k, path));
                 Ok(())
             }
         }
@@ -642,12 +911,15 @@ pub enum FileOp {
         /// New path.
         to: String,
     },
-    /// Replace a file atomically (temporary file, fsync, rename).
+    /// Replace a file atomically: a temporary file ([`temp_name`]) with these bytes and
+    /// permission bits, fsynced, renamed over the file.
     WriteFile {
         /// The file.
         path: String,
         /// Its new bytes.
         contents: Vec<u8>,
+        /// Its permission bits.
+        mode: u32,
     },
     /// Copy a file (bytes and permissions, atomically) or a symbolic link.
     Copy {
@@ -676,11 +948,172 @@ pub struct ConfigurationOptions {
 
 enum Want {
     Dir,
-    Write(Vec<u8>),
+    Write(Vec<u8>, u32),
     CopyBack,
 }
 
+/// speil's record of the backup (`_backup/.speil-state`): the top-level names moved (or about
+/// to be moved) into the backup, and the top-level names speil writes (or is about to write).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct State {
+    originals: BTreeSet<String>,
+    written: BTreeSet<String>,
+}
+
+impl State {
+    fn to_bytes(&self) -> Vec<u8> {
+        let doc = serde_json::json!({
+            "format": 1,
+            "originals": self.originals,
+            "written": self.written,
+        });
+        let mut out = doc.to_string().into_bytes();
+        out.push(b'\n');
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Self, TreeError> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| TreeError::State(e.to_string()))?;
+        if doc.get("format").and_then(serde_json::Value::as_u64) != Some(1) {
+            return Err(TreeError::State("unknown format".to_string()));
+        }
+        let names = |key: &str| -> Result<BTreeSet<String>, TreeError> {
+            doc.get(key)
+                .and_then(serde_json::Value::as_array)
+                .ok_or_else(|| TreeError::State(format!("no {key} list")))?
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .ok_or_else(|| TreeError::State(format!("{key}: not a name")))
+                })
+                .collect()
+        };
+        Ok(State {
+            originals: names("originals")?,
+            written: names("written")?,
+        })
+    }
+
+    fn write(&self, dir: &str) -> FileOp {
+        FileOp::WriteFile {
+            path: format!("{dir}/{STATE_FILE}"),
+            contents: self.to_bytes(),
+            mode: FILE_MODE,
+        }
+    }
+
+    /// Whether the top-level entry `name` is speil's output: a name speil writes that is not
+    /// an original still waiting to be moved into the backup, or the temporary file of one.
+    fn is_speils(&self, name: &str, backed_up: &BTreeSet<String>) -> bool {
+        if let Some(of) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".speil-tmp"))
+            && self.written.contains(of)
+        {
+            return true;
+        }
+        self.written.contains(name) && (!self.originals.contains(name) || backed_up.contains(name))
+    }
+}
+
+/// The backup as found.
+struct Backup {
+    state: State,
+    /// No record: the format of earlier releases (a complete backup; everything beside it
+    /// is speil's output).
+    legacy: bool,
+    /// The top-level names in the backup (without speil's record).
+    names: BTreeSet<String>,
+}
+
+/// What [`scan`] found.
+struct Scan {
+    backup: Option<Backup>,
+    /// Removals of what interrupted runs left behind.
+    ops: Vec<FileOp>,
+    /// The top-level names beside the backup.
+    top: Vec<String>,
+}
+
+/// Reads the backup and returns the operations that remove what interrupted runs left behind
+/// (a backup directory being created or removed, a temporary record).
+fn scan(current: &Tree) -> Result<Scan, PlanError> {
+    let mut ops = Vec::new();
+    for junk in [NEW_BACKUP_DIR, OLD_BACKUP_DIR] {
+        if current.get(junk).is_some() {
+            ops.push(FileOp::Remove {
+                path: junk.to_string(),
+            });
+        }
+    }
+    let top: Vec<String> = current
+        .top_level()
+        .into_iter()
+        .filter(|n| ![BACKUP_DIR, NEW_BACKUP_DIR, OLD_BACKUP_DIR].contains(n))
+        .map(str::to_string)
+        .collect();
+    let backup = match current.get(BACKUP_DIR) {
+        None => None,
+        Some(Node::Dir) => {
+            let temp = temp_name(STATE_FILE);
+            let temp_path = format!("{BACKUP_DIR}/{temp}");
+            if current.get(&temp_path).is_some() {
+                ops.push(FileOp::Remove { path: temp_path });
+            }
+            let inside = current.subtree(BACKUP_DIR);
+            let names: BTreeSet<String> = inside
+                .top_level()
+                .into_iter()
+                .filter(|n| *n != STATE_FILE && *n != temp)
+                .map(str::to_string)
+                .collect();
+            let (state, legacy) = match inside.get(STATE_FILE) {
+                Some(Node::File(bytes)) => (State::parse(bytes)?, false),
+                Some(_) => {
+                    return Err(PlanError::Tree(TreeError::State(
+                        "not a regular file".to_string(),
+                    )));
+                }
+                None => (
+                    State {
+                        originals: names.clone(),
+                        written: top.iter().cloned().collect(),
+                    },
+                    true,
+                ),
+            };
+            Some(Backup {
+                state,
+                legacy,
+                names,
+            })
+        }
+        Some(_) => return Err(PlanError::Tree(TreeError::BackupNotDir)),
+    };
+    Ok(Scan { backup, ops, top })
+}
+
+fn check_reserved<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), PlanError> {
+    let temp = temp_name(STATE_FILE);
+    for n in names {
+        if *n == STATE_FILE || *n == temp {
+            return Err(PlanError::Tree(TreeError::Reserved(n.clone())));
+        }
+    }
+    Ok(())
+}
+
 /// The `configuration` plan for the directory described by `current`.
+///
+/// Crash safety: the record `_backup/.speil-state` names, before each step, what the step is
+/// about to move or write, so any prefix of the plan followed by a new plan reaches the state
+/// an uninterrupted run reaches. A top-level entry is speil's iff the record lists it as
+/// written and it is not an original still waiting to be moved (listed as an original but
+/// absent from the backup). Every other entry is an original — left by an interrupted
+/// backup, restored by an interrupted cleanup, or added by the operator — and is moved into
+/// the backup, so the next plan mirrors it (all registries) and `cleanup` restores it.
 pub fn plan_configuration(
     current: &Tree,
     options: &ConfigurationOptions,
@@ -688,36 +1121,102 @@ pub fn plan_configuration(
     if options.hosts.targets.is_empty() {
         return Err(PlanError::Hosts(HostsError::NoMirrorTargets));
     }
-    let backup_exists = match current.get(BACKUP_DIR) {
-        Some(Node::Dir) => true,
-        Some(_) => return Err(PlanError::Tree(TreeError::BackupNotDir)),
-        None => false,
+    let Scan {
+        backup,
+        mut ops,
+        top,
+    } = scan(current)?;
+    let top_names = |d: &BTreeMap<String, Want>| -> BTreeSet<String> {
+        d.keys().filter(|k| !k.contains('/')).cloned().collect()
     };
-    let original = if backup_exists {
-        current.subtree(BACKUP_DIR)
-    } else {
-        current.clone()
-    };
-    let desired = desired_tree(&original, options)?;
-
-    let mut ops = Vec::new();
-    let mut actual = Tree::new();
-    if backup_exists {
-        actual = current.clone();
-        actual
-            .entries
-            .retain(|k, _| k != BACKUP_DIR && !is_under(k, BACKUP_DIR));
-    } else {
-        ops.push(FileOp::CreateDir {
-            path: BACKUP_DIR.to_string(),
-        });
-        for name in current.top_level() {
-            ops.push(FileOp::Rename {
-                from: name.to_string(),
-                to: format!("{BACKUP_DIR}/{name}"),
+    let (desired, original, actual, last, final_state) = match backup {
+        None => {
+            check_reserved(&top)?;
+            let mut original = current.clone();
+            for junk in [NEW_BACKUP_DIR, OLD_BACKUP_DIR] {
+                original = original.without(junk);
+            }
+            let desired = desired_tree(&original, options)?;
+            let state = State {
+                originals: top.iter().cloned().collect(),
+                written: top_names(&desired),
+            };
+            ops.push(FileOp::CreateDir {
+                path: NEW_BACKUP_DIR.to_string(),
             });
+            ops.push(state.write(NEW_BACKUP_DIR));
+            ops.push(FileOp::Rename {
+                from: NEW_BACKUP_DIR.to_string(),
+                to: BACKUP_DIR.to_string(),
+            });
+            for name in &top {
+                ops.push(FileOp::Rename {
+                    from: name.clone(),
+                    to: format!("{BACKUP_DIR}/{name}"),
+                });
+            }
+            (desired, original, Tree::new(), Some(state.clone()), state)
         }
-    }
+        Some(b) => {
+            let (speils, absorb): (Vec<String>, Vec<String>) = top
+                .iter()
+                .cloned()
+                .partition(|n| b.state.is_speils(n, &b.names));
+            if let Some(n) = absorb.iter().find(|n| b.names.contains(*n)) {
+                return Err(PlanError::Tree(TreeError::Conflict(n.clone())));
+            }
+            check_reserved(&absorb)?;
+            let mut original = current.subtree(BACKUP_DIR);
+            original = original.without(STATE_FILE).without(&temp_name(STATE_FILE));
+            for name in &absorb {
+                let moved = current
+                    .entries
+                    .keys()
+                    .filter(|k| *k == name || is_under(k, name));
+                for k in moved {
+                    original
+                        .entries
+                        .insert(k.clone(), current.entries[k].clone());
+                    if let Some(m) = current.modes.get(k) {
+                        original.modes.insert(k.clone(), *m);
+                    }
+                }
+            }
+            let desired = desired_tree(&original, options)?;
+            let mut intent = b.state.clone();
+            intent.originals.extend(b.names.iter().cloned());
+            intent.originals.extend(absorb.iter().cloned());
+            intent.written.extend(top_names(&desired));
+            let mut last = (!b.legacy).then(|| b.state.clone());
+            if last.as_ref() != Some(&intent) {
+                ops.push(intent.write(BACKUP_DIR));
+                last = Some(intent);
+            }
+            for name in &absorb {
+                ops.push(FileOp::Rename {
+                    from: name.clone(),
+                    to: format!("{BACKUP_DIR}/{name}"),
+                });
+            }
+            let mut actual = Tree::new();
+            for name in &speils {
+                for (k, v) in current.entries.range(name.clone()..) {
+                    if k != name && !is_under(k, name) {
+                        break;
+                    }
+                    actual.entries.insert(k.clone(), v.clone());
+                    if let Some(m) = current.modes.get(k) {
+                        actual.modes.insert(k.clone(), *m);
+                    }
+                }
+            }
+            let final_state = State {
+                originals: b.names.iter().chain(&absorb).cloned().collect(),
+                written: top_names(&desired),
+            };
+            (desired, original, actual, last, final_state)
+        }
+    };
 
     // Remove what is there but should not be (topmost entries only).
     let mut removed: Vec<&str> = Vec::new();
@@ -739,10 +1238,10 @@ pub fn plan_configuration(
         }
     }
     for (path, want) in &desired {
-        let now = if removed.iter().any(|r| *r == path || is_under(path, r)) {
-            None
+        let (now, now_mode) = if removed.iter().any(|r| *r == path || is_under(path, r)) {
+            (None, None)
         } else {
-            actual.get(path)
+            (actual.get(path), actual.mode(path))
         };
         match want {
             Want::Dir => {
@@ -750,16 +1249,17 @@ pub fn plan_configuration(
                     ops.push(FileOp::CreateDir { path: path.clone() });
                 }
             }
-            Want::Write(bytes) => {
-                if now != Some(&Node::File(bytes.clone())) {
+            Want::Write(bytes, mode) => {
+                if now != Some(&Node::File(bytes.clone())) || now_mode != Some(*mode) {
                     ops.push(FileOp::WriteFile {
                         path: path.clone(),
                         contents: bytes.clone(),
+                        mode: *mode,
                     });
                 }
             }
             Want::CopyBack => {
-                if now != original.get(path) {
+                if now != original.get(path) || now_mode != original.mode(path) {
                     ops.push(FileOp::Copy {
                         from: format!("{BACKUP_DIR}/{path}"),
                         to: path.clone(),
@@ -767,6 +1267,9 @@ pub fn plan_configuration(
                 }
             }
         }
+    }
+    if last.as_ref() != Some(&final_state) {
+        ops.push(final_state.write(BACKUP_DIR));
     }
     Ok(ops)
 }
@@ -818,9 +1321,15 @@ fn desired_tree(
             &options.hosts,
             own.as_ref().map(|(p, t)| (p.as_str(), t.as_str())),
         )?;
+        // A file with credentials is readable by its owner only.
+        let mode = if text.to_ascii_lowercase().contains("authorization") {
+            SECRET_MODE
+        } else {
+            FILE_MODE
+        };
         desired.insert(
             format!("{dir}/{HOSTS_FILE}"),
-            Want::Write(text.into_bytes()),
+            Want::Write(text.into_bytes(), mode),
         );
         Ok(())
     };
@@ -873,30 +1382,42 @@ fn desired_tree(
     Ok(desired)
 }
 
-/// The `cleanup` plan: remove speil's files and move the backup back. Empty when there is no
-/// backup (nothing was configured, or cleanup ran already).
+/// The `cleanup` plan: remove speil's entries (as [`plan_configuration`] defines them) and
+/// move the backup back; entries that are not speil's stay. The backup directory is renamed
+/// before it is removed, so a `_backup` never lacks its record once speil made one. Only
+/// leftovers of interrupted runs are removed when there is no backup (nothing was
+/// configured, or cleanup ran already).
 pub fn plan_cleanup(current: &Tree) -> Result<Vec<FileOp>, PlanError> {
-    match current.get(BACKUP_DIR) {
-        Some(Node::Dir) => {}
-        Some(_) => return Err(PlanError::Tree(TreeError::BackupNotDir)),
-        None => return Ok(Vec::new()),
+    let Scan {
+        backup,
+        mut ops,
+        top,
+    } = scan(current)?;
+    let Some(b) = backup else {
+        return Ok(ops);
+    };
+    if b.legacy {
+        ops.push(b.state.write(BACKUP_DIR));
     }
-    let mut ops = Vec::new();
-    for name in current.top_level() {
-        if name != BACKUP_DIR {
-            ops.push(FileOp::Remove {
-                path: name.to_string(),
-            });
+    for name in &top {
+        if b.state.is_speils(name, &b.names) {
+            ops.push(FileOp::Remove { path: name.clone() });
+        } else if b.names.contains(name) {
+            return Err(PlanError::Tree(TreeError::Conflict(name.clone())));
         }
     }
-    for name in current.subtree(BACKUP_DIR).top_level() {
+    for name in &b.names {
         ops.push(FileOp::Rename {
             from: format!("{BACKUP_DIR}/{name}"),
-            to: name.to_string(),
+            to: name.clone(),
         });
     }
+    ops.push(FileOp::Rename {
+        from: BACKUP_DIR.to_string(),
+        to: OLD_BACKUP_DIR.to_string(),
+    });
     ops.push(FileOp::Remove {
-        path: BACKUP_DIR.to_string(),
+        path: OLD_BACKUP_DIR.to_string(),
     });
     Ok(ops)
 }
@@ -1040,6 +1561,95 @@ mod tests {
             parse_mirror_target("[::1]:5000").unwrap(),
             "http://[::1]:5000"
         );
+    }
+
+    #[test]
+    fn ipv6_targets_are_bracketed() {
+        for (input, want) in [
+            ("http://2001:db8::5:30020", "http://[2001:db8::5]:30020"),
+            ("fd00::5:30020", "http://[fd00::5]:30020"),
+            ("https://[fd00::5]:443/v2", "https://[fd00::5]:443/v2"),
+            ("[::1]", "http://[::1]"),
+            ("http://[::1]:5000", "http://[::1]:5000"),
+            ("2001:db8::1", "http://[2001:db8::1]"),
+            ("192.0.2.5:30020", "http://192.0.2.5:30020"),
+        ] {
+            assert_eq!(parse_mirror_target(input).as_deref(), Ok(want), "{input}");
+        }
+        for bad in [
+            "http://[::1",
+            "http://[zz::1]:5",
+            "http://[::1]x",
+            "a:b:c",
+            "http://::g:1",
+            "[::1]:99999",
+            "http://2001:db8::5:99999x",
+        ] {
+            let e = parse_mirror_target(bad).unwrap_err().to_string();
+            assert!(e.contains(bad) && !e.contains('\n'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ipv6_hosts_keep_their_order_without_brackets_in_headers() {
+        let existing = "server = \"https://ghcr.io\"\nca = \"/c.crt\"\n[host.\"https://z.example\"]\ncapabilities = [\"pull\"]\n[host.\"https://z.example\".header]\nx = [\"y\"]\n[host.\"https://a.example\"]\n";
+        for targets in [
+            ["fd00::5:30020", "192.0.2.5:30020"],
+            ["192.0.2.5:30020", "fd00::5:30020"],
+        ] {
+            let mut c = cfg(&targets, true);
+            c.basic_auth = Some(BasicAuth::new("user", "pass").unwrap());
+            for ex in [None, Some(("ghcr.io/hosts.toml", existing))] {
+                let out =
+                    render_hosts_toml(&Server::ExistingOr("https://x".into()), &c, ex).unwrap();
+                for line in out.lines().filter(|l| l.starts_with('[')) {
+                    assert_eq!(line.matches(']').count(), 1, "{line}\n{out}");
+                }
+                let t: toml::Table = out.parse().unwrap();
+                let mut want = c.targets.clone();
+                if ex.is_some() {
+                    want.extend(["https://z.example".into(), "https://a.example".into()]);
+                    assert_eq!(t["server"].as_str(), Some("https://ghcr.io"));
+                    assert_eq!(t["ca"].as_str(), Some("/c.crt"));
+                    assert_eq!(
+                        t["host"]["https://z.example"]["header"]["x"][0].as_str(),
+                        Some("y")
+                    );
+                } else {
+                    assert_eq!(t["server"].as_str(), Some("https://x"));
+                }
+                assert_eq!(hosts_in_order(&out), Some(want), "{out}");
+                for target in &c.targets {
+                    assert_eq!(
+                        t["host"][target.as_str()]["header"]["Authorization"].as_str(),
+                        Some("Basic dXNlcjpwYXNz")
+                    );
+                    assert_eq!(
+                        t["host"][target.as_str()]["capabilities"][1].as_str(),
+                        Some("resolve")
+                    );
+                    assert_eq!(
+                        t["host"][target.as_str()]["dial_timeout"].as_str(),
+                        Some("200ms")
+                    );
+                }
+            }
+        }
+        // Order comes from the text, not from the keys' sort order.
+        let out = render_hosts_toml(
+            &Server::None,
+            &cfg(&["http://[::1]:2", "http://[::1]:1"], true),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            hosts_in_order(&out),
+            Some(vec![
+                "http://[::1]:2".to_string(),
+                "http://[::1]:1".to_string()
+            ])
+        );
+        assert!(!out.contains("server"));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 
 use proptest::prelude::*;
 use speil_core::hosts::{
-    ConfigurationOptions, FileOp, HostsConfig, Node, Registry, Tree, parse_mirror_target,
-    plan_cleanup, plan_configuration,
+    BasicAuth, ConfigurationOptions, FileOp, HostsConfig, Node, Registry, Tree, hosts_in_order,
+    parse_mirror_target, plan_cleanup, plan_configuration,
 };
 
 fn hosts(targets: &[&str], resolve: bool) -> HostsConfig {
@@ -91,7 +91,7 @@ fn all_registries_keep_existing_registry_dirs() {
     // Without --prepend-existing the old _default hosts are dropped.
     assert!(!file(&t, "_default/hosts.toml").contains("old-default"));
     assert!(t.get("notes.txt").is_none());
-    assert_eq!(t.subtree("_backup"), before);
+    assert_eq!(t.subtree("_backup").without(".speil-state"), before);
     assert_eq!(cleanup(&t), before);
 }
 
@@ -138,7 +138,7 @@ fn restart_does_not_back_up_own_output() {
     assert_eq!(ops, Vec::<FileOp>::new());
     // Different options on restart rebuild from the backup, not from speil's files.
     let other = run(&once, &options(&["docker.io"], false));
-    assert_eq!(other.subtree("_backup"), before);
+    assert_eq!(other.subtree("_backup").without(".speil-state"), before);
     assert!(other.get("_default").is_none());
     assert_eq!(cleanup(&other), before);
 }
@@ -188,7 +188,7 @@ const NAMES: &[&str] = &[
     "sub",
 ];
 
-fn arb_entry() -> impl Strategy<Value = (String, Node)> {
+fn arb_entry() -> impl Strategy<Value = (String, Node, Option<u32>)> {
     let name = prop::sample::select(NAMES);
     let leaf = prop::sample::select(&["hosts.toml", "ca.crt", "client.key", "x"][..]);
     (
@@ -198,20 +198,26 @@ fn arb_entry() -> impl Strategy<Value = (String, Node)> {
         0usize..HOSTS_SAMPLES.len(),
         prop::collection::vec(any::<u8>(), 0..16),
         any::<bool>(),
+        prop::sample::select(&[0o644u32, 0o600, 0o755, 0o400][..]),
     )
-        .prop_map(|(top, mid, leaf, sample, bytes, link)| {
+        .prop_map(|(top, mid, leaf, sample, bytes, link, mode)| {
             let path = match mid {
                 Some(m) => format!("{top}/{m}/{leaf}"),
                 None => format!("{top}/{leaf}"),
             };
-            let node = if leaf == "hosts.toml" {
-                Node::File(HOSTS_SAMPLES[sample].as_bytes().to_vec())
+            let (node, mode) = if leaf == "hosts.toml" {
+                (
+                    Node::File(HOSTS_SAMPLES[sample].as_bytes().to_vec()),
+                    Some(mode),
+                )
             } else if link {
-                Node::Symlink(format!("/elsewhere/{}", bytes.len()))
+                (Node::Symlink(format!("/elsewhere/{}", bytes.len())), None)
+            } else if leaf == "client.key" {
+                (Node::File(bytes), Some(0o600))
             } else {
-                Node::File(bytes)
+                (Node::File(bytes), Some(mode))
             };
-            (path, node)
+            (path, node, mode)
         })
 }
 
@@ -228,8 +234,8 @@ fn arb_tree() -> impl Strategy<Value = Tree> {
     )
         .prop_map(|(entries, top_files)| {
             let mut t = Tree::new();
-            for (path, node) in entries {
-                let _ = t.insert(&path, node);
+            for (path, node, mode) in entries {
+                let _ = t.insert_with_mode(&path, node, mode);
             }
             for (name, bytes) in top_files {
                 if t.get(name).is_none() {
@@ -248,11 +254,24 @@ fn arb_options() -> impl Strategy<Value = ConfigurationOptions> {
         ),
         any::<bool>(),
         any::<bool>(),
+        0usize..3,
+        any::<bool>(),
     )
-        .prop_map(|(regs, prepend, resolve)| ConfigurationOptions {
-            registries: regs.iter().map(|r| Registry::parse(r).unwrap()).collect(),
-            hosts: hosts(&["192.0.2.5:30020", "https://192.0.2.6:443"], resolve),
-            prepend_existing: prepend,
+        .prop_map(|(regs, prepend, resolve, targets, auth)| {
+            let targets: &[&str] = match targets {
+                0 => &["192.0.2.5:30020", "https://192.0.2.6:443"],
+                1 => &["fd00::5:30020", "https://192.0.2.6:443"],
+                _ => &["192.0.2.5:30020", "http://[2001:db8::6]:30020"],
+            };
+            let mut hosts = hosts(targets, resolve);
+            if auth {
+                hosts.basic_auth = Some(BasicAuth::new("user", "pass").unwrap());
+            }
+            ConfigurationOptions {
+                registries: regs.iter().map(|r| Registry::parse(r).unwrap()).collect(),
+                hosts,
+                prepend_existing: prepend,
+            }
         })
 }
 
@@ -266,7 +285,7 @@ proptest! {
     #[test]
     fn configuration_then_cleanup_restores(tree in arb_tree(), opts in arb_options()) {
         let once = run(&tree, &opts);
-        prop_assert_eq!(once.subtree("_backup"), tree.clone());
+        prop_assert_eq!(once.subtree("_backup").without(".speil-state"), tree.clone());
         // Every hosts.toml is valid TOML; the mirrored ones list speil's targets.
         for (path, node) in once.entries() {
             if path.ends_with("/hosts.toml") && !path.starts_with("_backup/") {
@@ -290,10 +309,14 @@ proptest! {
         };
         for dir in mirrored {
             let text = file(&once, &format!("{dir}/hosts.toml"));
-            // speil's first mirror target is the first host of every mirrored registry.
-            let want = "[host.'http://192.0.2.5:30020']";
-            let first_host = text.find("[host").unwrap();
-            prop_assert_eq!(text.get(first_host..first_host + want.len()), Some(want));
+            // speil's mirror targets are the first hosts of every mirrored registry, in order.
+            let order = hosts_in_order(text).unwrap();
+            prop_assert_eq!(&order[..2], &opts.hosts.targets[..], "{}", text);
+            // A file with credentials is the owner's only.
+            let mode = once.mode(&format!("{dir}/hosts.toml"));
+            if opts.hosts.basic_auth.is_some() {
+                prop_assert_eq!(mode, Some(0o600));
+            }
         }
         // Running again (an init container restart) changes nothing.
         let again = plan_configuration(&once, &opts).unwrap();
@@ -339,5 +362,118 @@ proptest! {
                 prop_assert!(parsed["host"].get("http://192.0.2.5:30020").is_some());
             }
         }
+    }
+}
+
+// ---- crash safety ----
+
+fn try_run(tree: &Tree, opts: &ConfigurationOptions) -> Tree {
+    let ops = plan_configuration(tree, opts).unwrap_or_else(|e| panic!("{e}: {tree:?}"));
+    let mut t = tree.clone();
+    t.apply(&ops)
+        .unwrap_or_else(|e| panic!("{e}: {ops:?} on {tree:?}"));
+    t
+}
+
+fn prefix(tree: &Tree, ops: &[FileOp], k: usize) -> Tree {
+    let mut t = tree.clone();
+    t.apply(&ops[..k]).unwrap();
+    t
+}
+
+/// A starting point: the original tree, or one configured by a run with other options, in
+/// today's format or in the format of earlier releases (a `_backup/` without a record).
+fn arb_start() -> impl Strategy<Value = (Tree, Tree)> {
+    (arb_tree(), arb_options(), 0u8..3).prop_map(|(original, earlier, how)| {
+        let start = match how {
+            0 => original.clone(),
+            1 => run(&original, &earlier),
+            _ => run(&original, &earlier).without("_backup/.speil-state"),
+        };
+        (original, start)
+    })
+}
+
+fn added(t: &Tree) -> Tree {
+    let mut t = t.clone();
+    t.insert_with_mode(
+        "added.example/hosts.toml",
+        Node::File(b"server = 'https://added.example'\n".to_vec()),
+        Some(0o640),
+    )
+    .unwrap();
+    t.insert_with_mode(
+        "added.example/client.key",
+        Node::File(b"KEY".to_vec()),
+        Some(0o600),
+    )
+    .unwrap();
+    t
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 96,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// A crash (or a failed operation: the model's operations are all or nothing, so a failed
+    /// one is a crash before it) after any prefix of `configuration`, then a rerun, equals an
+    /// uninterrupted run; `cleanup` after any prefix restores the original, also when the
+    /// rerun or the cleanup is interrupted in turn.
+    #[test]
+    fn interrupted_configuration(start in arb_start(), opts in arb_options()) {
+        let (original, start) = start;
+        let ops = plan_configuration(&start, &opts).unwrap();
+        let full = prefix(&start, &ops, ops.len());
+        prop_assert_eq!(full.subtree("_backup").without(".speil-state"), original.clone());
+        for k in 0..=ops.len() {
+            let crashed = prefix(&start, &ops, k);
+            prop_assert_eq!(&try_run(&crashed, &opts), &full, "crash after {} of {:?}", k, ops);
+            prop_assert_eq!(&cleanup(&crashed), &original, "cleanup after {} of {:?}", k, ops);
+            // The rerun crashes too.
+            let again = plan_configuration(&crashed, &opts).unwrap();
+            for j in (0..again.len()).step_by(3) {
+                let twice = prefix(&crashed, &again, j);
+                prop_assert_eq!(&try_run(&twice, &opts), &full);
+                prop_assert_eq!(&cleanup(&twice), &original);
+            }
+        }
+    }
+
+    /// `cleanup` interrupted after any prefix: a rerun restores the original, and
+    /// `configuration` (an init container runs again) equals an uninterrupted one.
+    #[test]
+    fn interrupted_cleanup(start in arb_start(), opts in arb_options()) {
+        let (original, start) = start;
+        let full = try_run(&start, &opts);
+        for from in [&start, &full] {
+            let ops = plan_cleanup(from).unwrap();
+            for k in 0..=ops.len() {
+                let crashed = prefix(from, &ops, k);
+                prop_assert_eq!(&cleanup(&crashed), &original, "after {} of {:?}", k, ops);
+                prop_assert_eq!(&try_run(&crashed, &opts), &full, "after {} of {:?}", k, ops);
+            }
+        }
+    }
+
+    /// A registry directory the operator adds after `configuration` is kept by the next
+    /// `configuration` (and mirrored when all registries are) and by `cleanup`.
+    #[test]
+    fn added_directory_survives(start in arb_start(), opts in arb_options()) {
+        let (original, start) = start;
+        let full = try_run(&start, &opts);
+        let with = added(&full);
+        prop_assert_eq!(&cleanup(&with), &added(&original));
+        let again = try_run(&with, &opts);
+        prop_assert_eq!(again.subtree("_backup").without(".speil-state"), added(&original));
+        prop_assert_eq!(try_run(&added(&original), &opts), again.clone());
+        if opts.registries.is_empty() {
+            let text = file(&again, "added.example/hosts.toml");
+            prop_assert_eq!(&hosts_in_order(text).unwrap()[..2], &opts.hosts.targets[..]);
+            prop_assert_eq!(again.mode("added.example/client.key"), Some(0o600));
+        }
+        prop_assert_eq!(&cleanup(&again), &added(&original));
     }
 }

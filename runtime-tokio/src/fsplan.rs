@@ -7,11 +7,11 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use speil_core::hosts::{FileOp, Node, Tree};
+use speil_core::hosts::{FileOp, Node, Tree, temp_name};
 
 /// Files larger than this are not configuration; refuse rather than read them whole.
 const MAX_FILE: u64 = 16 * 1024 * 1024;
@@ -49,8 +49,9 @@ fn walk(dir: &Path, rel: &str, tree: &mut Tree) -> Result<()> {
         let meta = fs::symlink_metadata(&path)
             .with_context(|| format!("cannot stat {}", path.display()))?;
         let kind = meta.file_type();
+        let mode = Some(meta.permissions().mode() & 0o7777);
         if kind.is_dir() {
-            tree.insert(&rel_path, Node::Dir)?;
+            tree.insert_with_mode(&rel_path, Node::Dir, mode)?;
             walk(&path, &rel_path, tree)?;
         } else if kind.is_symlink() {
             let target = fs::read_link(&path)
@@ -58,14 +59,14 @@ fn walk(dir: &Path, rel: &str, tree: &mut Tree) -> Result<()> {
             let target = target
                 .to_str()
                 .with_context(|| format!("{}: link target is not UTF-8", path.display()))?;
-            tree.insert(&rel_path, Node::Symlink(target.to_string()))?;
+            tree.insert_with_mode(&rel_path, Node::Symlink(target.to_string()), None)?;
         } else if kind.is_file() {
             if meta.len() > MAX_FILE {
                 bail!("{} is larger than {MAX_FILE} bytes", path.display());
             }
             let bytes =
                 fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            tree.insert(&rel_path, Node::File(bytes))?;
+            tree.insert_with_mode(&rel_path, Node::File(bytes), mode)?;
         } else {
             bail!(
                 "{} is neither a file, a directory nor a symbolic link",
@@ -86,21 +87,24 @@ fn parent_of(path: &Path) -> PathBuf {
     path.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
-/// Writes `bytes` to `path` atomically, with `mode` (0644 when `None`).
-pub fn atomic_write(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
+/// Writes `bytes` to `path` atomically, with permission bits `mode`: the temporary file is
+/// created with them (never wider), so the renamed file has them from its first byte.
+pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let dir = parent_of(path);
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .context("file name")?;
-    let tmp = dir.join(format!(".{name}.speil-tmp"));
+    let tmp = dir.join(temp_name(name));
     let _ = fs::remove_file(&tmp);
     let result = (|| -> std::io::Result<()> {
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(mode & 0o7777)
             .open(&tmp)?;
-        f.set_permissions(fs::Permissions::from_mode(mode.unwrap_or(0o644)))?;
+        // The umask may have narrowed the mode: set it exactly.
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o7777))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)
@@ -137,8 +141,12 @@ pub fn execute(root: &Path, ops: &[FileOp]) -> Result<()> {
                 sync_dir(&parent_of(&f))?;
                 sync_dir(&parent_of(&t))?;
             }
-            FileOp::WriteFile { path, contents } => {
-                atomic_write(&root.join(path), contents, None)?;
+            FileOp::WriteFile {
+                path,
+                contents,
+                mode,
+            } => {
+                atomic_write(&root.join(path), contents, *mode)?;
             }
             FileOp::Copy { from, to } => {
                 let (f, t) = (root.join(from), root.join(to));
@@ -157,7 +165,7 @@ pub fn execute(root: &Path, ops: &[FileOp]) -> Result<()> {
                 } else {
                     let bytes =
                         fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
-                    atomic_write(&t, &bytes, Some(meta.permissions().mode() & 0o7777))?;
+                    atomic_write(&t, &bytes, meta.permissions().mode() & 0o7777)?;
                 }
             }
             FileOp::Remove { path } => {
@@ -234,7 +242,7 @@ mod tests {
         ] {
             configure(&root, &opts);
             let once = read_tree(&root).unwrap();
-            assert_eq!(once.subtree("_backup"), before);
+            assert_eq!(once.subtree("_backup").without(".speil-state"), before);
             // A copied key keeps its mode.
             if opts.registries.is_empty() {
                 let mode = fs::metadata(root.join("ghcr.io/client.key"))

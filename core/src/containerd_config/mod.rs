@@ -21,6 +21,7 @@ mod distribution;
 mod evaluate;
 mod fix;
 mod load;
+mod runtime;
 
 pub use cri::{CriStatus, CriStatusError, evaluate_cri_config};
 pub use distribution::{ALL, Distribution, Hints, UnknownDistribution, detect, os_release_value};
@@ -32,6 +33,10 @@ pub use fix::{Fix, FixStep, Report, diagnose};
 pub use load::{
     BOLT, CRI_IMAGES_V3, CRI_RUNTIME_V3, CRI_V2, ConfigError, ConfigSet, Generation,
     IgnoredSetting, Layer, LoadedFile, MergedConfig, imports_of,
+};
+pub use runtime::{
+    LiveSource, RuntimeGeneration, RuntimeVersion, UnknownRuntimeVersion, live_source,
+    parse_runtime_version, pulls_through_transfer_service, transfer_service_problem,
 };
 
 /// Checks a set of files end to end: merge, evaluate, recognise (unless `distribution` is

@@ -113,9 +113,13 @@ pub struct RegistryArgs {
     /// Multiaddrs with `/p2p/<peer id>` (static bootstrap).
     #[arg(long, env, num_args = 0.., value_delimiter = ',')]
     pub static_bootstrap_peers: Vec<String>,
-    /// Refuse to start when containerd is misconfigured.
+    /// Refuse to start when containerd is verifiably misconfigured.
     #[arg(long, env, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub verify_containerd_config: bool,
+    /// containerd's config file, for the verification on containerd 2.0–2.3; empty = the
+    /// `--config` of the containerd process in /proc, else /etc/containerd/config.toml.
+    #[arg(long, env, value_parser = non_empty_path)]
+    pub containerd_config: Option<PathBuf>,
     /// Pre-shared key file for a private libp2p network.
     #[arg(long, env)]
     pub libp2p_psk_file: Option<PathBuf>,
@@ -255,6 +259,14 @@ impl std::fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host.as_deref().unwrap_or(""), self.port)
     }
+}
+
+/// An empty value means "not given" (Helm renders unset values as empty strings).
+fn non_empty_path(s: &str) -> Result<PathBuf, String> {
+    if s.is_empty() {
+        return Err("must not be empty (leave the flag out instead)".to_string());
+    }
+    Ok(PathBuf::from(s))
 }
 
 /// Parses `[host]:port`.

@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use speil_core::containerd_config::{
-    ConfigSet, CriStatus, Finding, Hints, Layer, Report, check_files, detect, diagnose,
-    evaluate_cri_config,
+    ConfigSet, CriStatus, DEFAULT_CONFIG_FILE, Finding, Hints, Layer, LiveSource, Report,
+    RuntimeVersion, check_files, config_file_of, detect, diagnose, evaluate_cri_config,
+    grpc_address_of, live_source, parse_runtime_version,
 };
 use speil_core::hosts::{
     BasicAuth, ConfigurationOptions, HostsConfig, plan_cleanup, plan_configuration,
@@ -22,8 +23,6 @@ use crate::{fsplan, probe};
 
 /// Where Spegel's chart mounts the optional basic-auth secret.
 const BASIC_AUTH_DIR: &str = "/etc/secrets/basic-auth";
-/// containerd's default configuration file.
-const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
 // ---------------------------------------------------------------- doctor
 
@@ -151,8 +150,15 @@ fn read_optional(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-/// Asks the running containerd for its CRI configuration (`info["config"]`).
-async fn live_cri_config(sock: &Path) -> Result<Option<String>> {
+/// What the running containerd says about itself: its CRI runtime version and, when the CRI
+/// status carries it (containerd 1.x), its live CRI configuration.
+struct Live {
+    version: Result<RuntimeVersion, String>,
+    cri_config: Option<String>,
+}
+
+/// Asks the running containerd for its version and CRI status (`info["config"]`).
+async fn ask_containerd(sock: &Path) -> Result<Live> {
     let config = speil_containerd::Config {
         socket: sock.to_path_buf(),
         namespace: "k8s.io".to_string(),
@@ -164,22 +170,105 @@ async fn live_cri_config(sock: &Path) -> Result<Option<String>> {
     )
     .await
     .with_context(|| format!("timed out connecting to {}", sock.display()))??;
+    let version = tokio::time::timeout(Duration::from_secs(5), client.cri_runtime_version())
+        .await
+        .context("timed out waiting for the CRI version")?
+        .context("CRI version call failed")?;
     let status = tokio::time::timeout(Duration::from_secs(5), client.cri_status())
         .await
         .context("timed out waiting for the CRI status")?
         .context("CRI status call failed")?;
-    Ok(status.config_json().map(str::to_string))
+    Ok(Live {
+        version: parse_runtime_version(&version).map_err(|e| e.to_string()),
+        cri_config: status.config_json().map(str::to_string),
+    })
 }
 
-fn doctor_output(report: &Report, source: &str, format: Format) -> ExitCode {
+/// The configuration file of the containerd process that serves `sock`, from `/proc`: the
+/// `--config` of every `containerd` process whose configuration's `[grpc] address` is `sock`.
+/// `None` when no such process is visible (another PID namespace) or its file is unreadable.
+fn config_file_from_proc(sock: &Path, host_root: &str) -> Option<PathBuf> {
+    let want = std::fs::canonicalize(sock).unwrap_or_else(|_| sock.to_path_buf());
+    let entries = std::fs::read_dir("/proc").ok()?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        if !name
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let argv: Vec<String> = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let Some(file) = config_file_of(&argv) else {
+            continue;
+        };
+        let file = Path::new(&file);
+        // A relative --config is relative to the process's working directory.
+        let file = if file.is_absolute() {
+            rooted(host_root, file)
+        } else {
+            entry.path().join("cwd").join(file)
+        };
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let address = PathBuf::from(grpc_address_of(&text));
+        let address = rooted(host_root, &address);
+        if std::fs::canonicalize(&address).unwrap_or(address) == want {
+            return Some(file);
+        }
+    }
+    None
+}
+
+/// The outcome of a check of the running containerd.
+pub enum Checked {
+    /// The settings were read; the report and where they came from.
+    Verified {
+        /// The findings and the fix.
+        report: Report,
+        /// `cri-status` or `toml <files>`.
+        source: String,
+        /// The CRI runtime version, when containerd reported one.
+        runtime_version: Option<String>,
+    },
+    /// Nothing could be read: the warning that says what to mount or pass.
+    Unverified {
+        /// What is missing.
+        warning: String,
+        /// The CRI runtime version, when containerd reported one.
+        runtime_version: Option<String>,
+    },
+}
+
+fn doctor_output(
+    report: &Report,
+    source: &str,
+    runtime_version: Option<&str>,
+    format: Format,
+) -> ExitCode {
     match format {
         Format::Text => {
+            if let Some(v) = runtime_version {
+                println!("runtime version: {v}");
+            }
             print!("source: {source}\n{}", report.to_text());
         }
         Format::Json => {
             let mut doc = report.to_json();
             if let Some(obj) = doc.as_object_mut() {
                 obj.insert("source".into(), serde_json::Value::String(source.into()));
+                obj.insert(
+                    "runtime_version".into(),
+                    runtime_version.map_or(serde_json::Value::Null, |v| v.into()),
+                );
             }
             println!(
                 "{}",
@@ -208,6 +297,8 @@ pub struct CheckInputs<'a> {
     pub hints: Hints<'a>,
     /// The distribution, when not to be recognised.
     pub distribution: Option<speil_core::containerd_config::Distribution>,
+    /// containerd's configuration file, when given (`--containerd-config`).
+    pub config_file: Option<&'a Path>,
 }
 
 fn toml_report(path: &Path, inputs: &CheckInputs<'_>) -> Result<(Report, String)> {
@@ -220,60 +311,79 @@ fn toml_report(path: &Path, inputs: &CheckInputs<'_>) -> Result<(Report, String)
         inputs.distribution,
         loaded.extra,
     );
-    Ok((report, format!("toml ({})", files.join(", "))))
+    Ok((report, format!("toml {}", files.join(", "))))
 }
 
-/// Checks the running containerd: the CRI status when it reports the settings (containerd
-/// 1.x), else its TOML files. Returns the report and where the settings came from.
-pub async fn check_live(inputs: &CheckInputs<'_>) -> Result<(Report, String)> {
-    let default_toml = rooted(inputs.host_root, Path::new(DEFAULT_CONTAINERD_CONFIG));
-    let live_err = match live_cri_config(inputs.sock).await {
-        Ok(Some(json)) => match evaluate_cri_config(&json, inputs.required)? {
-            CriStatus::Complete(evaluation) => {
-                // The distribution still comes from the files when they are readable.
-                let set = load_files(&default_toml, inputs.host_root, &[])
-                    .map(|l| l.set)
-                    .unwrap_or_default();
-                let merged = set.merge();
-                let distribution = inputs
-                    .distribution
-                    .unwrap_or_else(|| detect(&set, &merged, inputs.hints));
-                let report = diagnose(distribution, evaluation, inputs.required, Some(&merged));
-                return Ok((report, "cri-status".to_string()));
-            }
-            CriStatus::Incomplete { missing } => {
-                let fields: Vec<String> = missing.iter().map(Finding::message).collect();
-                tracing::info!(
-                    missing = %fields.join("; "),
-                    "CRI status lacks the settings (containerd 2.x); reading the TOML files"
-                );
-                None
-            }
-        },
-        Ok(None) => {
-            tracing::info!("CRI status has no config; reading the TOML files");
-            None
-        }
+/// Checks the running containerd (SPEC §6): its generation from the CRI version; on 1.x the
+/// CRI status; on 2.x the TOML files it runs with — `--containerd-config`, else the `--config`
+/// of the containerd process serving the socket as `/proc` shows it, else containerd's
+/// default file. When none can be read the result is [`Checked::Unverified`].
+pub async fn check_live(inputs: &CheckInputs<'_>) -> Result<Checked> {
+    let default_toml = rooted(inputs.host_root, Path::new(DEFAULT_CONFIG_FILE));
+    let live = ask_containerd(inputs.sock).await?;
+    let runtime_version = live.version.as_ref().ok().map(|v| v.to_string());
+    let generation = match &live.version {
+        Ok(v) => live_source(v),
         Err(e) => {
-            tracing::warn!(error = %e, "live check failed; reading the TOML files");
-            Some(e)
+            tracing::warn!(error = %e, "unknown containerd version; reading its CRI status");
+            LiveSource::CriStatus
         }
     };
-    match toml_report(&default_toml, inputs) {
-        Ok(found) => Ok(found),
-        Err(toml_err) => match live_err {
-            Some(live_err) => bail!(
-                "cannot check containerd: {live_err}; and {toml_err:#}; pass --containerd-config PATH"
-            ),
-            None => Err(toml_err.context("pass --containerd-config PATH")),
-        },
+    if generation == LiveSource::CriStatus
+        && let Some(json) = &live.cri_config
+        && let CriStatus::Complete(evaluation) = evaluate_cri_config(json, inputs.required)?
+    {
+        // The distribution still comes from the files when they are readable.
+        let set = load_files(&default_toml, inputs.host_root, &[])
+            .map(|l| l.set)
+            .unwrap_or_default();
+        let merged = set.merge();
+        let distribution = inputs
+            .distribution
+            .unwrap_or_else(|| detect(&set, &merged, inputs.hints));
+        let report = diagnose(distribution, evaluation, inputs.required, Some(&merged));
+        return Ok(Checked::Verified {
+            report,
+            source: "cri-status".to_string(),
+            runtime_version,
+        });
+    }
+    let file = match inputs.config_file {
+        Some(f) => Some(f.to_path_buf()),
+        None => config_file_from_proc(inputs.sock, inputs.host_root)
+            .or_else(|| default_toml.is_file().then_some(default_toml)),
+    };
+    let unverified = |why: String| Checked::Unverified {
+        warning: format!(
+            "{why}: containerd's configuration cannot be verified; mount the host's \
+             /etc/containerd read-only or pass --containerd-config PATH"
+        ),
+        runtime_version: runtime_version.clone(),
+    };
+    let Some(file) = file else {
+        return Ok(unverified(
+            "no containerd configuration file is readable".to_string(),
+        ));
+    };
+    match toml_report(&file, inputs) {
+        Ok((report, source)) => Ok(Checked::Verified {
+            report,
+            source,
+            runtime_version,
+        }),
+        Err(e) if inputs.config_file.is_some() => Err(e.context("--containerd-config")),
+        Err(e) => Ok(unverified(format!("{e:#}"))),
     }
 }
 
 /// The start-up verification of `registry --verify-containerd-config`: `Ok(())` when
 /// containerd is ready, else the one line to exit with.
 #[allow(dead_code)] // called by the `registry` command
-pub async fn verify_containerd(sock: &Path, required: &str) -> Result<(), String> {
+pub async fn verify_containerd(
+    sock: &Path,
+    required: &str,
+    config_file: Option<&Path>,
+) -> Result<(), String> {
     let os_release = read_optional("/etc/os-release");
     let sys_vendor = read_optional("/sys/class/dmi/id/sys_vendor");
     let inputs = CheckInputs {
@@ -286,8 +396,15 @@ pub async fn verify_containerd(sock: &Path, required: &str) -> Result<(), String
             sys_vendor: sys_vendor.as_deref(),
         },
         distribution: None,
+        config_file,
     };
-    let (report, _) = check_live(&inputs).await.map_err(|e| format!("{e:#}"))?;
+    let report = match check_live(&inputs).await.map_err(|e| format!("{e:#}"))? {
+        Checked::Verified { report, .. } => report,
+        Checked::Unverified { warning, .. } => {
+            tracing::warn!("{warning}");
+            return Ok(());
+        }
+    };
     if report.ready() {
         return Ok(());
     }
@@ -324,12 +441,52 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode> {
             DistributionChoice::Auto => None,
             DistributionChoice::Given(d) => Some(d),
         },
+        config_file: args.containerd_config.as_deref(),
     };
-    let (report, source) = match &args.containerd_config {
-        Some(path) => toml_report(path, &inputs)?,
-        None => check_live(&inputs).await?,
-    };
-    Ok(doctor_output(&report, &source, args.format))
+    match check_live(&inputs).await {
+        Ok(Checked::Verified {
+            report,
+            source,
+            runtime_version,
+        }) => Ok(doctor_output(
+            &report,
+            &source,
+            runtime_version.as_deref(),
+            args.format,
+        )),
+        Ok(Checked::Unverified {
+            warning,
+            runtime_version,
+        }) => {
+            match args.format {
+                Format::Text => {
+                    if let Some(v) = &runtime_version {
+                        println!("runtime version: {v}");
+                    }
+                    println!("source: unverified\nwarning: {warning}");
+                }
+                Format::Json => println!(
+                    "{}",
+                    serde_json::json!({
+                        "source": "unverified",
+                        "runtime_version": runtime_version,
+                        "ready": false,
+                        "warning": warning,
+                    })
+                ),
+            }
+            Ok(ExitCode::from(1))
+        }
+        // Without a running containerd, the given file alone is checked.
+        Err(e) => match &args.containerd_config {
+            Some(path) => {
+                tracing::warn!(error = %format!("{e:#}"), "containerd not reachable; checking the file only");
+                let (report, source) = toml_report(path, &inputs)?;
+                Ok(doctor_output(&report, &source, None, args.format))
+            }
+            None => Err(e),
+        },
+    }
 }
 
 // ---------------------------------------------------------------- configuration / cleanup

@@ -177,6 +177,7 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         crate::config_cmds::verify_containerd(
             &args.containerd_sock,
             &args.containerd_registry_config_path,
+            args.containerd_config.as_deref(),
         )
         .await
         .map_err(|e| failure(format!("containerd is not configured for mirroring: {e}")))?;

@@ -168,6 +168,10 @@ disabled_plugins = [
   [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{d}/cni/bin"]
     conf_dir = "{d}/cni/conf"
+  # NRI listens on one fixed socket (/var/run/nri/nri.sock) per machine; several nodes on
+  # one machine cannot share it.
+  [plugins."io.containerd.nri.v1.nri"]
+    disable = true
   [plugins."io.containerd.cri.v1.images"]
     snapshotter = "overlayfs"
     discard_unpacked_layers = false

@@ -43,6 +43,24 @@ struct StatusResponse {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+struct VersionRequest {
+    #[prost(string, tag = "1")]
+    version: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct VersionResponse {
+    #[prost(string, tag = "1")]
+    version: String,
+    #[prost(string, tag = "2")]
+    runtime_name: String,
+    #[prost(string, tag = "3")]
+    runtime_version: String,
+    #[prost(string, tag = "4")]
+    runtime_api_version: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 struct ImageSpec {
     #[prost(string, tag = "1")]
     image: String,
@@ -136,6 +154,20 @@ impl Containerd {
                 .collect(),
             info: resp.info.into_iter().collect(),
         })
+    }
+
+    /// CRI `RuntimeService/Version`: the runtime's own version (`runtime_version`, e.g.
+    /// `1.6.20~ds1`, `v2.3.4`).
+    pub async fn cri_runtime_version(&self) -> Result<String> {
+        let resp: VersionResponse = self
+            .cri_unary(
+                "/runtime.v1.RuntimeService/Version",
+                VersionRequest {
+                    version: "v1".to_owned(),
+                },
+            )
+            .await?;
+        Ok(resp.runtime_version)
     }
 
     /// CRI `ImageService/PullImage`: pulls `image` exactly as kubelet does (through the CRI's

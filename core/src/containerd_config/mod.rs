@@ -35,8 +35,9 @@ pub use load::{
     IgnoredSetting, Layer, LoadedFile, MergedConfig, imports_of,
 };
 pub use runtime::{
-    LiveSource, RuntimeGeneration, RuntimeVersion, UnknownRuntimeVersion, live_source,
-    parse_runtime_version, pulls_through_transfer_service, transfer_service_problem,
+    DEFAULT_CONFIG_FILE, DEFAULT_GRPC_ADDRESS, LiveSource, RuntimeGeneration, RuntimeVersion,
+    UnknownRuntimeVersion, config_file_of, grpc_address_of, live_source, parse_runtime_version,
+    pulls_through_transfer_service, transfer_service_problem,
 };
 
 /// Checks a set of files end to end: merge, evaluate, recognise (unless `distribution` is

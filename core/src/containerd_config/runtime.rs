@@ -146,6 +146,52 @@ pub fn transfer_service_problem(
     ))
 }
 
+/// containerd's default configuration file (used when its command line names none).
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/containerd/config.toml";
+/// containerd's default gRPC socket (used when its configuration names none).
+pub const DEFAULT_GRPC_ADDRESS: &str = "/run/containerd/containerd.sock";
+
+/// The configuration file a containerd process runs with, from its command line (`argv[0]`
+/// first): the value of `--config`/`-c` (also as `--config=PATH`), else
+/// [`DEFAULT_CONFIG_FILE`]. `None` when `argv[0]` is not a `containerd` binary.
+pub fn config_file_of(argv: &[String]) -> Option<String> {
+    let program = argv.first()?;
+    if program.rsplit('/').next() != Some("containerd") {
+        return None;
+    }
+    let mut args = argv[1..].iter();
+    while let Some(arg) = args.next() {
+        if let Some(v) = arg
+            .strip_prefix("--config=")
+            .or_else(|| arg.strip_prefix("-c="))
+        {
+            return Some(v.to_owned());
+        }
+        if arg == "--config" || arg == "-c" {
+            return args.next().cloned();
+        }
+    }
+    Some(DEFAULT_CONFIG_FILE.to_owned())
+}
+
+/// The gRPC socket a containerd configuration listens on (`[grpc] address`), else
+/// [`DEFAULT_GRPC_ADDRESS`]. This is how the process serving speil's socket is told apart
+/// from other containerd processes on the node.
+pub fn grpc_address_of(config_text: &str) -> String {
+    config_text
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|t| {
+            t.get("grpc")?
+                .as_table()?
+                .get("address")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .filter(|a| !a.is_empty())
+        .unwrap_or_else(|| DEFAULT_GRPC_ADDRESS.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,6 +226,46 @@ mod tests {
         assert_eq!(live_source(&v("1.7.0")), LiveSource::CriStatus);
         assert_eq!(live_source(&v("v2.3.4")), LiveSource::Toml);
         assert_eq!(live_source(&v("v2.4.0")), LiveSource::Introspection);
+    }
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn config_file_from_the_command_line() {
+        assert_eq!(
+            config_file_of(&argv("/usr/bin/containerd --config /n0/config.toml")).as_deref(),
+            Some("/n0/config.toml")
+        );
+        assert_eq!(
+            config_file_of(&argv("containerd -l warn --config=/x.toml")).as_deref(),
+            Some("/x.toml")
+        );
+        assert_eq!(
+            config_file_of(&argv("containerd -c /y.toml")).as_deref(),
+            Some("/y.toml")
+        );
+        assert_eq!(
+            config_file_of(&argv("/usr/bin/containerd")).as_deref(),
+            Some(DEFAULT_CONFIG_FILE)
+        );
+        assert_eq!(
+            config_file_of(&argv("/usr/bin/containerd-shim-runc-v2 -id x")),
+            None
+        );
+        assert_eq!(config_file_of(&argv("containerd --config")), None);
+        assert_eq!(config_file_of(&[]), None);
+    }
+
+    #[test]
+    fn grpc_address_from_the_config() {
+        assert_eq!(
+            grpc_address_of("version = 3\n[grpc]\n  address = \"/n0/c.sock\"\n"),
+            "/n0/c.sock"
+        );
+        assert_eq!(grpc_address_of("version = 3\n"), DEFAULT_GRPC_ADDRESS);
+        assert_eq!(grpc_address_of("not toml ["), DEFAULT_GRPC_ADDRESS);
     }
 
     #[test]

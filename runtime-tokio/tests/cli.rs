@@ -436,7 +436,10 @@ fn configuration_then_cleanup_then_cleanup_wait() {
     assert!(ghcr.starts_with("server = \"https://ghcr.io\"\n\n[host.'http://127.0.0.21:30020']"));
     assert!(ghcr.ends_with("[host.\"https://ghcr-mirror.example\"]\n"));
     assert_eq!(std::fs::read(root.join("ghcr.io/ca.crt")).unwrap(), b"CA");
-    let backup = snapshot(&root.join("_backup"));
+    // The backup holds the original tree and the record of what was moved and written.
+    let mut backup = snapshot(&root.join("_backup"));
+    let record = backup.remove(0);
+    assert_eq!(record.0, ".speil-state");
     assert_eq!(backup, before);
 
     // cleanup restores, then serves /readyz until SIGTERM.

@@ -241,11 +241,14 @@ fn fixture() -> Fixture {
     let hosts = std::fs::read_to_string(reference.join("ghcr.io/hosts.toml")).unwrap();
     assert!(
         hosts.starts_with(
-            "server = \"https://ghcr.io\"\nca = \"ca.crt\"\nhost.\"http://127.0.0.21:30020\"."
+            "server = \"https://ghcr.io\"\nca = \"ca.crt\"\n\n[host.'http://127.0.0.21:30020']\n"
         ),
         "{hosts}"
     );
-    assert!(hosts.contains("host.\"http://[fd00::5]:30020\".capabilities"));
+    assert!(
+        hosts.contains("\n[host.'http://[fd00::5]:30020']\n"),
+        "{hosts}"
+    );
     let legacy = dir.path().join("legacy");
     copy(&reference, &legacy);
     std::fs::remove_file(legacy.join("_backup/.speil-state")).unwrap();

@@ -91,81 +91,15 @@ pub struct Node {
     child: Option<Child>,
 }
 
-/// The configuration a node's containerd starts with.
+/// The configuration a node's containerd starts with: its own root, state, sockets and
+/// `config_path` (`certs.d`), in the generation's config version and plugin keys.
 pub fn config_toml(dir: &Path, address: Ipv4Addr, generation: Generation) -> String {
-    if generation.is_v2() {
-        return config_toml_v3(dir, address);
-    }
     let d = dir.display();
-    format!(
-        r#"version = 2
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.tracing.processor.v1.otlp",
-]
-
-[grpc]
-  address = "{d}/c.sock"
-
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-
-[debug]
-  level = "warn"
-
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{d}/opt"
-  [plugins."io.containerd.grpc.v1.cri"]
-    stream_server_address = "{address}"
-    stream_server_port = "0"
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "{d}/cni/bin"
-      conf_dir = "{d}/cni/conf"
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      snapshotter = "overlayfs"
-      discard_unpacked_layers = false
-    [plugins."io.containerd.grpc.v1.cri".registry]
-      config_path = "{d}/certs.d"
-"#
-    )
-}
-
-fn config_toml_v3(dir: &Path, address: Ipv4Addr) -> String {
-    let d = dir.display();
-    format!(
-        r#"version = 3
-root = "{d}/root"
-state = "{d}/state"
-disabled_plugins = [
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.tracing.processor.v1.otlp",
-]
-
-[grpc]
-  address = "{d}/c.sock"
-
-[ttrpc]
-  address = "{d}/c.sock.ttrpc"
-
-[debug]
-  level = "warn"
-
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "{d}/opt"
-  [plugins."io.containerd.grpc.v1.cri"]
-    stream_server_address = "{address}"
-    stream_server_port = "0"
-  [plugins."io.containerd.cri.v1.runtime".cni]
+    let (version, cri) = if generation.is_v2() {
+        (
+            3,
+            format!(
+                r#"  [plugins."io.containerd.cri.v1.runtime".cni]
     bin_dirs = ["{d}/cni/bin"]
     conf_dir = "{d}/cni/conf"
   # NRI listens on one fixed socket (/var/run/nri/nri.sock) per machine; several nodes on
@@ -178,6 +112,52 @@ disabled_plugins = [
     [plugins."io.containerd.cri.v1.images".registry]
       config_path = "{d}/certs.d"
 "#
+            ),
+        )
+    } else {
+        (
+            2,
+            format!(
+                r#"    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "{d}/cni/bin"
+      conf_dir = "{d}/cni/conf"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      snapshotter = "overlayfs"
+      discard_unpacked_layers = false
+    [plugins."io.containerd.grpc.v1.cri".registry]
+      config_path = "{d}/certs.d"
+"#
+            ),
+        )
+    };
+    format!(
+        r#"version = {version}
+root = "{d}/root"
+state = "{d}/state"
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.tracing.processor.v1.otlp",
+]
+
+[grpc]
+  address = "{d}/c.sock"
+
+[ttrpc]
+  address = "{d}/c.sock.ttrpc"
+
+[debug]
+  level = "warn"
+
+[plugins]
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "{d}/opt"
+  [plugins."io.containerd.grpc.v1.cri"]
+    stream_server_address = "{address}"
+    stream_server_port = "0"
+{cri}"#
     )
 }
 

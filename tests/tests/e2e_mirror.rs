@@ -379,8 +379,13 @@ async fn a_frozen_containerd_does_not_hang_requests(kind: ClusterKind) -> Result
     let took = t.elapsed();
     // The store budget (3 s) plus the mirror's own budgets: an answer, not a hang.
     assert!(took < Duration::from_secs(8), "answered after {took:?}");
-    assert!(matches!(r.status, 404 | 503), "{}", r.status);
-    assert!(String::from_utf8_lossy(&r.body).contains("\"errors\""));
+    // Either an error containerd can fall back from, or — when speil could serve the blob from
+    // the content directory without asking containerd — the whole, correct blob.
+    match r.status {
+        404 | 503 => assert!(String::from_utf8_lossy(&r.body).contains("\"errors\"")),
+        200 => assert!(layer.verifies(&r.body), "a 200 with a wrong body"),
+        other => panic!("status {other} for a frozen containerd"),
+    }
     // And it serves again once containerd does.
     assert_eq!(http::request(a, "GET", &path, &[])?.status, 200);
     Ok(())
@@ -405,33 +410,19 @@ macro_rules! on {
     };
 }
 
-on!(
-    containerd_1_6,
-    ClusterKind::Uniform(Generation::V1_6),
+/// [`on!`] for several cluster kinds with one list of scenarios.
+macro_rules! on_each {
+    ([$($module:ident => $kind:expr),* $(,)?], $scenarios:tt) => {
+        $( on!($module, $kind, $scenarios); )*
+    };
+}
+
+on_each!(
     [
-        pulls_are_served_by_peers_after_the_upstream_is_gone,
-        a_peer_killed_mid_blob_does_not_break_the_pull,
-        a_late_tag_is_found_and_a_removed_image_gives_a_clean_404,
-        registry_api_statuses_over_real_http,
-        speil_survives_a_containerd_restart,
-        a_frozen_containerd_does_not_hang_requests,
-    ]
-);
-on!(
-    containerd_2_3,
-    ClusterKind::Uniform(Generation::V2_3),
-    [
-        pulls_are_served_by_peers_after_the_upstream_is_gone,
-        a_peer_killed_mid_blob_does_not_break_the_pull,
-        a_late_tag_is_found_and_a_removed_image_gives_a_clean_404,
-        registry_api_statuses_over_real_http,
-        speil_survives_a_containerd_restart,
-        a_frozen_containerd_does_not_hang_requests,
-    ]
-);
-on!(
-    containerd_2_4,
-    ClusterKind::Uniform(Generation::V2_4),
+        containerd_1_6 => ClusterKind::Uniform(Generation::V1_6),
+        containerd_2_3 => ClusterKind::Uniform(Generation::V2_3),
+        containerd_2_4 => ClusterKind::Uniform(Generation::V2_4),
+    ],
     [
         pulls_are_served_by_peers_after_the_upstream_is_gone,
         a_peer_killed_mid_blob_does_not_break_the_pull,

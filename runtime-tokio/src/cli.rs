@@ -118,8 +118,8 @@ pub struct RegistryArgs {
     pub verify_containerd_config: bool,
     /// containerd's config file, for the verification on containerd 2.0–2.3; empty = the
     /// `--config` of the containerd process in /proc, else /etc/containerd/config.toml.
-    #[arg(long, env, value_parser = non_empty_path)]
-    pub containerd_config: Option<PathBuf>,
+    #[arg(long, env, default_value = "")]
+    pub containerd_config: String,
     /// Pre-shared key file for a private libp2p network.
     #[arg(long, env)]
     pub libp2p_psk_file: Option<PathBuf>,
@@ -259,14 +259,6 @@ impl std::fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host.as_deref().unwrap_or(""), self.port)
     }
-}
-
-/// An empty value means "not given" (Helm renders unset values as empty strings).
-fn non_empty_path(s: &str) -> Result<PathBuf, String> {
-    if s.is_empty() {
-        return Err("must not be empty (leave the flag out instead)".to_string());
-    }
-    Ok(PathBuf::from(s))
 }
 
 /// Parses `[host]:port`.
@@ -424,6 +416,8 @@ mod tests {
         assert_eq!(a.mirror_resolve_retries, 3);
         assert!(a.debug_web_enabled && a.verify_containerd_config);
         assert!(a.mirrored_registries.is_empty());
+        // Empty (a chart's unset value) means: find containerd's file.
+        assert_eq!(a.containerd_config, "");
         let cli = Cli::try_parse_from([
             "speil",
             "registry",

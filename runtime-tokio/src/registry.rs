@@ -177,7 +177,8 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         crate::config_cmds::verify_containerd(
             &args.containerd_sock,
             &args.containerd_registry_config_path,
-            args.containerd_config.as_deref(),
+            // Empty (as a chart renders an unset value) means: find it.
+            (!args.containerd_config.is_empty()).then(|| Path::new(&args.containerd_config)),
         )
         .await
         .map_err(|e| failure(format!("containerd is not configured for mirroring: {e}")))?;

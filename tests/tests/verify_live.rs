@@ -165,7 +165,7 @@ fn containerd_1_6_is_read_from_the_cri_status() {
     if !require_components() {
         return;
     }
-    let h = Harness::start_generations(&[Generation::V1_6]).unwrap();
+    let mut h = Harness::start_generations(&[Generation::V1_6]).unwrap();
     let (out, doc) = doctor(&h);
     assert_eq!(doc["source"], "cri-status", "{doc}");
     assert!(
@@ -174,8 +174,26 @@ fn containerd_1_6_is_read_from_the_cri_status() {
             .is_some_and(|v| v.starts_with("1.6")),
         "{doc}"
     );
+    assert_eq!(doc["distribution"], "containerd-1.x", "{doc}");
     assert_eq!(doc["ready"], true, "{doc}");
     assert_eq!(out.status.code(), Some(0));
+    // A 1.x error is fixed in 1.x keys only.
+    reconfigure(&mut h, |t| {
+        t.replace(
+            "discard_unpacked_layers = false",
+            "discard_unpacked_layers = true",
+        )
+    });
+    let (out, doc) = doctor(&h);
+    assert_eq!(findings(&doc), ["discard_unpacked_layers"], "{doc}");
+    assert_eq!(out.status.code(), Some(1));
+    let fix = doc["fix"].to_string();
+    assert!(
+        fix.contains("[plugins.\\\"io.containerd.grpc.v1.cri\\\".containerd]"),
+        "{fix}"
+    );
+    assert!(!fix.contains("io.containerd.cri.v1"), "{fix}");
+    assert!(!doc.to_string().contains("use_local_image_pull"), "{doc}");
 }
 
 /// Lines of speil's log about requests for `/v2/<name>/…`.
@@ -230,6 +248,12 @@ async fn config_path_list_needs_use_local_image_pull(generation: Generation) {
     let step = doc["fix"]["steps"][0]["content"].as_str().unwrap();
     assert_eq!(
         step, "[plugins.\"io.containerd.cri.v1.images\"]\n  use_local_image_pull = true\n",
+        "{doc}"
+    );
+    // In the file containerd runs with.
+    assert_eq!(
+        doc["fix"]["steps"][0]["path"],
+        h.nodes[0].config_path().display().to_string(),
         "{doc}"
     );
     let (code, err) = registry_exit(&h, Duration::from_secs(10));

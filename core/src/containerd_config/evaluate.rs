@@ -178,7 +178,7 @@ impl Finding {
                 "containerd {version} pulls through the transfer service, which ignores a config_path list: config_path is {config_path}, so the mirror is never asked; set use_local_image_pull = true under [plugins.\"{CRI_IMAGES_V3}\"], or set config_path to one directory"
             ),
             Finding::UseLocalImagePullUnknown { version, config_path } => format!(
-                "containerd {version} pulls through the transfer service, which ignores a config_path list ({config_path}) unless use_local_image_pull = true: containerd does not report use_local_image_pull and its configuration file is not readable, so this was not checked"
+                "containerd {version} pulls through the transfer service, which ignores a config_path list ({config_path}) unless use_local_image_pull = true: containerd does not report use_local_image_pull and its configuration file is not readable, so this was not checked; mount the host's /etc/containerd read-only or pass --containerd-config PATH"
             ),
         }
     }

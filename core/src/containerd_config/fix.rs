@@ -641,7 +641,11 @@ fn make_fix(
         Distribution::Talos => talos_fix(&needs, evaluation),
         Distribution::Gke | Distribution::DigitalOcean => unmanaged_fix(distribution, &needs),
         Distribution::Aks | Distribution::Generic(_) => {
-            generic_fix(&needs, "/etc/containerd/config.toml")
+            // The file containerd was found to run with, when the files were read.
+            let main = merged
+                .and_then(|m| m.files.first())
+                .map_or("/etc/containerd/config.toml", String::as_str);
+            generic_fix(&needs, main)
         }
     };
     for f in &evaluation.findings {

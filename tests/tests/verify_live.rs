@@ -9,6 +9,10 @@ use speil_tests::cluster::configure;
 use speil_tests::{Generation, Harness, Ports, Speil, images, require_components, speil};
 
 fn doctor(h: &Harness) -> (Output, serde_json::Value) {
+    doctor_with(h, &[])
+}
+
+fn doctor_with(h: &Harness, extra: &[&str]) -> (Output, serde_json::Value) {
     let out = Command::new(speil::binary().unwrap())
         .arg("doctor")
         .arg("--containerd-sock")
@@ -18,6 +22,7 @@ fn doctor(h: &Harness) -> (Output, serde_json::Value) {
             h.nodes[0].certs_dir().display()
         ))
         .args(["--format", "json", "--os-release", "", "--sys-vendor", ""])
+        .args(extra)
         .output()
         .unwrap();
     let doc = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
@@ -259,6 +264,16 @@ async fn config_path_list_needs_use_local_image_pull(generation: Generation) {
     let (code, err) = registry_exit(&h, Duration::from_secs(10));
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("use_local_image_pull = true"), "{err}");
+    if generation == Generation::V2_4 {
+        // The file not readable (a pod without the host's /etc/containerd): the list comes
+        // from Introspection, use_local_image_pull from nowhere — a warning, not a guess.
+        let (out, doc) = doctor_with(&h, &["--containerd-config", "/nonexistent/config.toml"]);
+        assert_eq!(doc["source"], "introspection", "{doc}");
+        assert_eq!(findings(&doc), ["use_local_image_pull_unknown"], "{doc}");
+        assert_eq!(doc["ready"], true, "{doc}");
+        assert!(doc.get("use_local_image_pull").is_none(), "{doc}");
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+    }
 
     // speil (verification off) with containerd configured by `speil configuration`: the pull
     // completes from the upstream without containerd ever asking speil.

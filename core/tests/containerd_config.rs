@@ -2,8 +2,9 @@
 //! provenance in the SOURCES.md next to them).
 
 use speil_core::containerd_config::{
-    ConfigSet, CriStatus, Distribution, Finding, Generation, Hints, Layer, Report, check_files,
-    evaluate_cri_config,
+    ConfigSet, CriStatus, Distribution, Finding, Generation, Hints, Introspected,
+    IntrospectedPlugin, Layer, Report, RuntimeGeneration, check_files, check_files_for,
+    config_generation, evaluate_cri_config, evaluate_introspection, parse_runtime_version,
 };
 
 const DEFAULT_PATH: &str = "/etc/containerd/certs.d";
@@ -633,4 +634,293 @@ mod no_panic {
             prop_assert!(evaluate_cri_config(&doc.to_string(), "/etc/containerd/certs.d").is_ok());
         }
     }
+}
+
+// ---- the running containerd's generation decides the keys ----
+
+const RUNTIMES: [&str; 3] = ["1.6.20~ds1", "v2.3.4", "v2.4.0-beta.0-70-g301026e58"];
+
+/// Text of the other generation that output for `generation` must never contain.
+fn foreign(generation: Generation) -> &'static [&'static str] {
+    match generation {
+        Generation::Containerd1 => &[
+            "io.containerd.cri.v1",
+            "version = 3",
+            "config-v3.toml.tmpl",
+            "use_local_image_pull",
+            "containerd 2.x",
+        ],
+        Generation::Containerd2 => &[
+            "io.containerd.grpc.v1.cri\".registry",
+            "io.containerd.grpc.v1.cri\".containerd",
+            "[plugins.\"io.containerd.grpc.v1.cri\"]",
+            "version = 2",
+            "/config.toml.tmpl",
+            "containerd 1.x",
+        ],
+    }
+}
+
+fn all_fixtures() -> Vec<(String, String)> {
+    let dir = format!(
+        "{}/tests/fixtures/containerd-config",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+        .filter(|n| n.ends_with(".toml"))
+        .collect();
+    names.sort();
+    assert!(names.len() > 15, "{names:?}");
+    let mut out: Vec<(String, String)> = names
+        .into_iter()
+        .map(|n| {
+            let text = fixture(&n);
+            (n, text)
+        })
+        .collect();
+    // A config_path list without use_local_image_pull, in both config versions.
+    out.push((
+        "list-v3".into(),
+        "version = 3\n[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n".into(),
+    ));
+    out.push((
+        "list-v2".into(),
+        "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n".into(),
+    ));
+    out
+}
+
+/// Every fixture, checked for every running generation, with every distribution's fix: the
+/// text and JSON name only the running generation's keys (a finding that quotes a key the
+/// user wrote, `ignored_setting`, is the one exception).
+#[test]
+fn doctor_never_prints_the_other_generations_keys() {
+    let mut distributions: Vec<Option<Distribution>> = vec![None];
+    distributions.extend(speil_core::containerd_config::ALL.iter().copied().map(Some));
+    let mut checked = 0;
+    let mut transfer_errors = 0;
+    for (name, text) in all_fixtures() {
+        let mut set = ConfigSet::new();
+        set.add("/etc/containerd/config.toml", &text, Layer::Main)
+            .unwrap();
+        for raw in RUNTIMES {
+            let version = parse_runtime_version(raw).unwrap();
+            let generation = config_generation(&version);
+            for required in [DEFAULT_PATH, "/var/lib/speil/hosts"] {
+                for distribution in &distributions {
+                    let r = check_files_for(
+                        &set,
+                        required,
+                        Hints::default(),
+                        *distribution,
+                        Vec::new(),
+                        Some(&version),
+                    );
+                    let mut out = format!(
+                        "{}\n{}",
+                        r.to_text(),
+                        serde_json::to_string_pretty(&r.to_json()).unwrap()
+                    );
+                    for f in &r.evaluation.findings {
+                        if let Finding::IgnoredSetting { .. } = f {
+                            out = out.replace(&f.message(), "");
+                        }
+                    }
+                    for bad in foreign(generation) {
+                        assert!(
+                            !out.contains(bad),
+                            "{name} on {raw} ({distribution:?}, {required}) prints {bad:?}:\n{out}"
+                        );
+                    }
+                    if r.evaluation
+                        .findings
+                        .iter()
+                        .any(|f| matches!(f, Finding::TransferServiceIgnoresList { .. }))
+                    {
+                        transfer_errors += 1;
+                        assert!(!r.ready());
+                        assert!(out.contains("use_local_image_pull = true"), "{out}");
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 1000, "{checked}");
+    assert!(transfer_errors > 0);
+}
+
+#[test]
+fn transfer_service_rule_from_the_files() {
+    let list = "/etc/containerd/certs.d:/etc/docker/certs.d";
+    let file = |extra: &str| {
+        format!(
+            "version = 3\n[plugins.\"io.containerd.cri.v1.images\"]\n{extra}[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"{list}\"\n"
+        )
+    };
+    let check = |text: &str, raw: &str| {
+        let mut set = ConfigSet::new();
+        set.add("/etc/containerd/config.toml", text, Layer::Main)
+            .unwrap();
+        let v = parse_runtime_version(raw).unwrap();
+        check_files_for(
+            &set,
+            DEFAULT_PATH,
+            Hints::default(),
+            None,
+            Vec::new(),
+            Some(&v),
+        )
+    };
+    let r = check(&file(""), "v2.3.4");
+    assert_eq!(codes(&r), ["transfer_service_ignores_config_path_list"]);
+    assert_eq!(r.distribution.id(), "containerd-2.x");
+    assert_eq!(r.to_json()["use_local_image_pull"], false);
+    let fix = r.fix.as_ref().unwrap();
+    assert_eq!(
+        fix.steps[0].content,
+        "[plugins.\"io.containerd.cri.v1.images\"]\n  use_local_image_pull = true\n"
+    );
+    assert!(
+        fix.notes
+            .iter()
+            .any(|n| n.contains("config_path can be the one directory /etc/containerd/certs.d")),
+        "{:?}",
+        fix.notes
+    );
+    // With the setting, and on 2.0, the list is fine; without a runtime it stays a warning.
+    let r = check(&file("use_local_image_pull = true\n"), "v2.3.4");
+    assert!(r.ready() && codes(&r).is_empty(), "{}", r.to_text());
+    assert_eq!(r.to_json()["use_local_image_pull"], true);
+    assert!(codes(&check(&file(""), "v2.0.5")).is_empty());
+    let mut set = ConfigSet::new();
+    set.add("/c.toml", &file(""), Layer::Main).unwrap();
+    let r = check_files(&set, DEFAULT_PATH, Hints::default(), None, Vec::new());
+    assert_eq!(codes(&r), ["config_path_list"]);
+    // A wrong type is an invalid setting.
+    let r = check(&file("use_local_image_pull = \"yes\"\n"), "v2.3.4");
+    assert!(codes(&r).contains(&"invalid_setting"), "{}", r.to_text());
+}
+
+// ---- answers of the real daemons (fixtures/live, see its README) ----
+
+fn live_fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/live/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn live_versions() -> serde_json::Value {
+    serde_json::from_str(&live_fixture("versions.json")).unwrap()
+}
+
+/// The `config_path` the harness gave the daemon that answered with `stem`.
+fn live_certs(stem: &str) -> String {
+    format!(
+        "{}/certs.d",
+        live_versions()[format!("{stem}.node_dir")]
+            .as_str()
+            .unwrap()
+    )
+}
+
+#[test]
+fn live_runtime_versions() {
+    let versions = live_versions();
+    for (file, generation) in [
+        (
+            "containerd-1.6.cri-status.config.json",
+            RuntimeGeneration::V1,
+        ),
+        (
+            "containerd-2.3.4.cri-status.config.json",
+            RuntimeGeneration::V2Early,
+        ),
+        (
+            "containerd-2.4.0-dev.cri-status.config.json",
+            RuntimeGeneration::V2Live,
+        ),
+        (
+            "containerd-2.4.0-dev.introspection-images.json",
+            RuntimeGeneration::V2Live,
+        ),
+    ] {
+        let raw = versions[file].as_str().unwrap();
+        assert_eq!(
+            parse_runtime_version(raw).unwrap().generation,
+            generation,
+            "{file}"
+        );
+    }
+    assert_eq!(
+        versions["containerd-2.3.4.cri-status.config.json"],
+        "v2.3.4"
+    );
+}
+
+#[test]
+fn live_cri_status_of_1_6_has_the_settings() {
+    let certs = live_certs("containerd-1.6");
+    let json = live_fixture("containerd-1.6.cri-status.config.json");
+    let CriStatus::Complete(e) = evaluate_cri_config(&json, &certs).unwrap() else {
+        panic!("1.6 reports both settings");
+    };
+    assert_eq!(e.settings.config_path.as_deref(), Some(certs.as_str()));
+    assert!(!e.settings.discard_unpacked_layers);
+    assert!(e.findings.is_empty(), "{:?}", e.findings);
+    assert_eq!(
+        cri_codes(&json, "/etc/containerd/certs.d"),
+        ["config_path_missing_dir"]
+    );
+}
+
+#[test]
+fn live_cri_status_of_2_x_has_neither_setting() {
+    for stem in ["containerd-2.3.4", "containerd-2.4.0-dev"] {
+        let json = live_fixture(&format!("{stem}.cri-status.config.json"));
+        assert_eq!(
+            cri_codes(&json, &live_certs(stem)),
+            ["cri_field_missing", "cri_field_missing"],
+            "{stem}"
+        );
+    }
+}
+
+#[test]
+fn live_introspection_of_2_4_has_the_settings() {
+    let certs = live_certs("containerd-2.4.0-dev");
+    let plugins: Vec<IntrospectedPlugin> = serde_json::from_str(&live_fixture(
+        "containerd-2.4.0-dev.introspection-images.json",
+    ))
+    .unwrap();
+    // `id==images` also lists the images gRPC service, which exports nothing.
+    assert_eq!(plugins.len(), 2);
+    assert!(
+        plugins
+            .iter()
+            .any(|p| p.plugin_type == "io.containerd.grpc.v1" && p.exports.is_empty())
+    );
+    let Introspected::Complete(e) = evaluate_introspection(&plugins, &certs) else {
+        panic!("2.4 exports both settings");
+    };
+    assert_eq!(e.settings.config_path.as_deref(), Some(certs.as_str()));
+    assert!(!e.settings.discard_unpacked_layers);
+    assert_eq!(e.settings.use_local_image_pull, None);
+    assert!(e.findings.is_empty(), "{:?}", e.findings);
+    let Introspected::Complete(e) = evaluate_introspection(&plugins, "/etc/containerd/certs.d")
+    else {
+        panic!()
+    };
+    assert_eq!(e.codes(), ["config_path_missing_dir"]);
+    // Without the CRI plugin the answer is incomplete: the files are read instead.
+    let services: Vec<IntrospectedPlugin> = plugins
+        .into_iter()
+        .filter(|p| p.plugin_type != "io.containerd.cri.v1")
+        .collect();
+    assert!(matches!(
+        evaluate_introspection(&services, &certs),
+        Introspected::Incomplete { .. }
+    ));
 }

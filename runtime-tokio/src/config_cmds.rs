@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use speil_core::containerd_config::{
-    ConfigSet, CriStatus, DEFAULT_CONFIG_FILE, Finding, Hints, Layer, LiveSource, Report,
-    RuntimeVersion, check_files, config_file_of, detect, diagnose, evaluate_cri_config,
-    grpc_address_of, live_source, parse_runtime_version,
+    CRI_IMAGES_FILTER, ConfigSet, CriStatus, DEFAULT_CONFIG_FILE, Evaluation, Finding, Hints,
+    Introspected, IntrospectedPlugin, Layer, LiveSource, Report, RuntimeGeneration, RuntimeVersion,
+    apply_runtime, check_files_for, config_file_of, detect, diagnose, distribution_for_runtime,
+    evaluate, evaluate_cri_config, evaluate_introspection, grpc_address_of, live_source,
+    parse_runtime_version,
 };
 use speil_core::hosts::{
     BasicAuth, ConfigurationOptions, HostsConfig, plan_cleanup, plan_configuration,
@@ -150,11 +152,13 @@ fn read_optional(path: &str) -> Option<String> {
     std::fs::read_to_string(path).ok()
 }
 
-/// What the running containerd says about itself: its CRI runtime version and, when the CRI
-/// status carries it (containerd 1.x), its live CRI configuration.
+/// What the running containerd says about itself: its CRI runtime version, when the CRI
+/// status carries it (containerd 1.x) its live CRI configuration, and on containerd 2.4 and
+/// later the Introspection answer for the CRI images plugin.
 struct Live {
     version: Result<RuntimeVersion, String>,
     cri_config: Option<String>,
+    introspection: Option<Result<Vec<IntrospectedPlugin>, String>>,
 }
 
 /// Asks the running containerd for its version and CRI status (`info["config"]`).
@@ -178,9 +182,25 @@ async fn ask_containerd(sock: &Path) -> Result<Live> {
         .await
         .context("timed out waiting for the CRI status")?
         .context("CRI status call failed")?;
+    let version = parse_runtime_version(&version).map_err(|e| e.to_string());
+    let introspection =
+        match &version {
+            Ok(v) if v.generation == RuntimeGeneration::V2Live => Some(match tokio::time::timeout(
+                Duration::from_secs(5),
+                client.introspection_plugins(&[CRI_IMAGES_FILTER]),
+            )
+            .await
+            {
+                Ok(Ok(plugins)) => Ok(plugins),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out waiting for the Introspection answer".to_string()),
+            }),
+            _ => None,
+        };
     Ok(Live {
-        version: parse_runtime_version(&version).map_err(|e| e.to_string()),
+        version,
         cri_config: status.config_json().map(str::to_string),
+        introspection,
     })
 }
 
@@ -234,7 +254,7 @@ pub enum Checked {
     Verified {
         /// The findings and the fix.
         report: Report,
-        /// `cri-status` or `toml <files>`.
+        /// `cri-status`, `introspection` or `toml <files>`.
         source: String,
         /// The CRI runtime version, when containerd reported one.
         runtime_version: Option<String>,
@@ -301,58 +321,121 @@ pub struct CheckInputs<'a> {
     pub config_file: Option<&'a Path>,
 }
 
-fn toml_report(path: &Path, inputs: &CheckInputs<'_>) -> Result<(Report, String)> {
+fn toml_report(
+    path: &Path,
+    inputs: &CheckInputs<'_>,
+    runtime: Option<&RuntimeVersion>,
+) -> Result<(Report, String)> {
     let loaded = load_files(path, inputs.host_root, inputs.drop_in_dirs)?;
     let files: Vec<String> = loaded.set.files().iter().map(|f| f.path.clone()).collect();
-    let report = check_files(
+    let report = check_files_for(
         &loaded.set,
         inputs.required,
         inputs.hints,
         inputs.distribution,
         loaded.extra,
+        runtime,
     );
     Ok((report, format!("toml {}", files.join(", "))))
 }
 
+/// The report for settings read live: the running version's rules, the distribution from the
+/// files when they were readable (`set`, else empty).
+fn live_report(
+    mut evaluation: Evaluation,
+    set: &ConfigSet,
+    inputs: &CheckInputs<'_>,
+    runtime: Option<&RuntimeVersion>,
+) -> Report {
+    let merged = set.merge();
+    let mut distribution = inputs
+        .distribution
+        .unwrap_or_else(|| detect(set, &merged, inputs.hints));
+    if let Some(version) = runtime {
+        apply_runtime(&mut evaluation, version);
+        distribution = distribution_for_runtime(distribution, version);
+    }
+    diagnose(distribution, evaluation, inputs.required, Some(&merged))
+}
+
 /// Checks the running containerd (SPEC §6): its generation from the CRI version; on 1.x the
-/// CRI status; on 2.x the TOML files it runs with — `--containerd-config`, else the `--config`
-/// of the containerd process serving the socket as `/proc` shows it, else containerd's
-/// default file. When none can be read the result is [`Checked::Unverified`].
+/// CRI status; on 2.4 and later the Introspection exports (with `use_local_image_pull` from the
+/// files, which no live source reports); on 2.0–2.3, or when the exports are missing, the TOML
+/// files it runs with — `--containerd-config`, else the `--config` of the containerd process
+/// serving the socket as `/proc` shows it, else containerd's default file. When none can be
+/// read the result is [`Checked::Unverified`].
 pub async fn check_live(inputs: &CheckInputs<'_>) -> Result<Checked> {
     let default_toml = rooted(inputs.host_root, Path::new(DEFAULT_CONFIG_FILE));
     let live = ask_containerd(inputs.sock).await?;
-    let runtime_version = live.version.as_ref().ok().map(|v| v.to_string());
-    let generation = match &live.version {
+    let version = live.version.as_ref().ok();
+    let runtime_version = version.map(|v| v.to_string());
+    let source = match &live.version {
         Ok(v) => live_source(v),
         Err(e) => {
             tracing::warn!(error = %e, "unknown containerd version; reading its CRI status");
             LiveSource::CriStatus
         }
     };
-    if generation == LiveSource::CriStatus
-        && let Some(json) = &live.cri_config
-        && let CriStatus::Complete(evaluation) = evaluate_cri_config(json, inputs.required)?
-    {
-        // The distribution still comes from the files when they are readable.
-        let set = load_files(&default_toml, inputs.host_root, &[])
-            .map(|l| l.set)
-            .unwrap_or_default();
-        let merged = set.merge();
-        let distribution = inputs
-            .distribution
-            .unwrap_or_else(|| detect(&set, &merged, inputs.hints));
-        let report = diagnose(distribution, evaluation, inputs.required, Some(&merged));
-        return Ok(Checked::Verified {
-            report,
-            source: "cri-status".to_string(),
-            runtime_version,
-        });
-    }
     let file = match inputs.config_file {
         Some(f) => Some(f.to_path_buf()),
         None => config_file_from_proc(inputs.sock, inputs.host_root)
             .or_else(|| default_toml.is_file().then_some(default_toml)),
     };
+    // The files, when readable: the distribution and use_local_image_pull come from them.
+    let files = || match &file {
+        Some(f) => match load_files(f, inputs.host_root, inputs.drop_in_dirs) {
+            Ok(loaded) => Some(loaded.set),
+            Err(e) => {
+                // Reported as a finding where it matters (use_local_image_pull on a list).
+                tracing::debug!(error = %format!("{e:#}"), "containerd's configuration file is not readable");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut fell_back = None;
+    match source {
+        LiveSource::CriStatus => {
+            if let Some(json) = &live.cri_config
+                && let CriStatus::Complete(evaluation) = evaluate_cri_config(json, inputs.required)?
+            {
+                let set = files().unwrap_or_default();
+                return Ok(Checked::Verified {
+                    report: live_report(evaluation, &set, inputs, version),
+                    source: LiveSource::CriStatus.as_str().to_string(),
+                    runtime_version,
+                });
+            }
+        }
+        LiveSource::Introspection => match &live.introspection {
+            Some(Ok(plugins)) => match evaluate_introspection(plugins, inputs.required) {
+                Introspected::Complete(mut evaluation) => {
+                    let set = files();
+                    // Not exported: from the files, or unknown (a warning on a list).
+                    evaluation.settings.use_local_image_pull = set.as_ref().and_then(|s| {
+                        evaluate(&s.merge(), inputs.required)
+                            .settings
+                            .use_local_image_pull
+                    });
+                    let set = set.unwrap_or_default();
+                    return Ok(Checked::Verified {
+                        report: live_report(evaluation, &set, inputs, version),
+                        source: LiveSource::Introspection.as_str().to_string(),
+                        runtime_version,
+                    });
+                }
+                Introspected::Incomplete { missing } => {
+                    fell_back = Some(format!(
+                        "introspection did not report {}",
+                        missing.join(", ")
+                    ))
+                }
+            },
+            Some(Err(e)) => fell_back = Some(format!("introspection failed: {e}")),
+            None => {}
+        },
+        LiveSource::Toml => {}
+    }
     let unverified = |why: String| Checked::Unverified {
         warning: format!(
             "{why}: containerd's configuration cannot be verified; mount the host's \
@@ -361,14 +444,19 @@ pub async fn check_live(inputs: &CheckInputs<'_>) -> Result<Checked> {
         runtime_version: runtime_version.clone(),
     };
     let Some(file) = file else {
-        return Ok(unverified(
-            "no containerd configuration file is readable".to_string(),
-        ));
+        let why = "no containerd configuration file is readable".to_string();
+        return Ok(unverified(match &fell_back {
+            Some(f) => format!("{f}; {why}"),
+            None => why,
+        }));
     };
-    match toml_report(&file, inputs) {
+    match toml_report(&file, inputs, version) {
         Ok((report, source)) => Ok(Checked::Verified {
             report,
-            source,
+            source: match &fell_back {
+                Some(f) => format!("{source} ({f})"),
+                None => source,
+            },
             runtime_version,
         }),
         Err(e) if inputs.config_file.is_some() => Err(e.context("--containerd-config")),
@@ -481,7 +569,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode> {
         Err(e) => match &args.containerd_config {
             Some(path) => {
                 tracing::debug!(error = %format!("{e:#}"), "containerd not reachable; checking the file only");
-                let (report, source) = toml_report(path, &inputs)?;
+                let (report, source) = toml_report(path, &inputs, None)?;
                 Ok(doctor_output(&report, &source, None, args.format))
             }
             None => Err(e),
@@ -676,7 +764,14 @@ mod tests {
         let codes: Vec<&str> = loaded.extra.iter().map(Finding::code).collect();
         assert_eq!(codes, ["import_not_followed", "import_missing"]);
         // b.toml is last: its whole plugin table wins.
-        let report = check_files(&loaded.set, "/b", Hints::default(), None, loaded.extra);
+        let report = check_files_for(
+            &loaded.set,
+            "/b",
+            Hints::default(),
+            None,
+            loaded.extra,
+            None,
+        );
         assert_eq!(
             report.evaluation.settings.config_path.as_deref(),
             Some("/b")

@@ -4,8 +4,9 @@
 //! (listed, resolved and walked from their target through indexes and manifests to configs
 //! and layers), blob bytes (straight from the content directory when readable, else the
 //! content `Read` stream), events (`/images/*`, `/content/create`) turned into the core's
-//! [`StoreEvent`](speil_core::store::StoreEvent)s, and the two CRI calls speil needs
-//! (`RuntimeService/Status`, `ImageService/PullImage`).
+//! [`StoreEvent`](speil_core::store::StoreEvent)s, the CRI calls speil needs
+//! (`RuntimeService/Version` and `Status`, `ImageService/PullImage`), and the Introspection
+//! `Plugins` call (containerd 2.4 exports its CRI image settings there).
 //!
 //! # Runtimes
 //!
@@ -18,6 +19,7 @@
 mod client;
 mod cri;
 mod error;
+mod introspection;
 pub mod tokio_rt;
 pub mod walk;
 mod watch;

@@ -89,6 +89,7 @@ pub fn evaluate_cri_config(config_json: &str, required: &str) -> Result<CriStatu
         discard_unpacked_layers: discard,
         legacy_mirrors,
         content_sharing_policy: None,
+        use_local_image_pull: None,
     };
     let mut findings = check_settings(&settings, required);
     sort_findings(&mut findings);

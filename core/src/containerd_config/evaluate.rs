@@ -72,6 +72,22 @@ pub enum Finding {
     },
     /// `content_sharing_policy = "shared"` where isolated is recommended (Kind).
     ContentSharingShared,
+    /// containerd ≥ 2.1 pulls through the transfer service, which ignores a `config_path`
+    /// list unless `use_local_image_pull = true`: the mirror is never asked.
+    TransferServiceIgnoresList {
+        /// The running containerd's version.
+        version: String,
+        /// What containerd has.
+        config_path: String,
+    },
+    /// A `config_path` list on containerd ≥ 2.1, but `use_local_image_pull` could not be read
+    /// (it is in no live source, and the TOML files were not readable).
+    UseLocalImagePullUnknown {
+        /// The running containerd's version.
+        version: String,
+        /// What containerd has.
+        config_path: String,
+    },
 }
 
 impl Finding {
@@ -89,6 +105,10 @@ impl Finding {
             Finding::ImportMissing { .. } => "import_missing",
             Finding::ImportNotFollowed { .. } => "import_not_followed",
             Finding::ContentSharingShared => "content_sharing_shared",
+            Finding::TransferServiceIgnoresList { .. } => {
+                "transfer_service_ignores_config_path_list"
+            }
+            Finding::UseLocalImagePullUnknown { .. } => "use_local_image_pull_unknown",
         }
     }
 
@@ -100,12 +120,14 @@ impl Finding {
             | Finding::DiscardUnpackedLayers
             | Finding::LegacyRegistryMirrors { .. }
             | Finding::InvalidSetting { .. }
-            | Finding::CriFieldMissing { .. } => Severity::Error,
+            | Finding::CriFieldMissing { .. }
+            | Finding::TransferServiceIgnoresList { .. } => Severity::Error,
             Finding::IgnoredSetting { .. }
             | Finding::ConfigPathList { .. }
             | Finding::ImportMissing { .. }
             | Finding::ImportNotFollowed { .. }
-            | Finding::ContentSharingShared => Severity::Warning,
+            | Finding::ContentSharingShared
+            | Finding::UseLocalImagePullUnknown { .. } => Severity::Warning,
         }
     }
 
@@ -137,7 +159,7 @@ impl Finding {
                 config_path,
                 required,
             } => format!(
-                "containerd registry config path {config_path} is a list: containerd 2.1 and later read a single directory when pulling through the transfer service; prefer config_path = \"{required}\""
+                "containerd registry config path {config_path} is a list: containerd 2.1 and later ignore a list when pulling through the transfer service unless use_local_image_pull = true; prefer config_path = \"{required}\""
             ),
             Finding::CriFieldMissing { field } => {
                 format!("containerd did not report {field} in its CRI status")
@@ -152,6 +174,12 @@ impl Finding {
                 "containerd content sharing policy is shared: set content_sharing_policy = \"isolated\" so that each node keeps its own content, as on separate machines"
                     .to_string()
             }
+            Finding::TransferServiceIgnoresList { version, config_path } => format!(
+                "containerd {version} pulls through the transfer service, which ignores a config_path list: config_path is {config_path}, so the mirror is never asked; set use_local_image_pull = true under [plugins.\"{CRI_IMAGES_V3}\"], or set config_path to one directory"
+            ),
+            Finding::UseLocalImagePullUnknown { version, config_path } => format!(
+                "containerd {version} pulls through the transfer service, which ignores a config_path list ({config_path}) unless use_local_image_pull = true: containerd does not report use_local_image_pull and its configuration file is not readable, so this was not checked; mount the host's /etc/containerd read-only or pass --containerd-config PATH"
+            ),
         }
     }
 }
@@ -175,6 +203,9 @@ pub struct Settings {
     pub legacy_mirrors: Vec<LegacyMirror>,
     /// `content_sharing_policy` of the metadata plugin, when set.
     pub content_sharing_policy: Option<String>,
+    /// `use_local_image_pull` of the CRI images plugin (containerd 2.x; default false), when
+    /// known: read from the TOML files, never reported live.
+    pub use_local_image_pull: Option<bool>,
 }
 
 /// One deprecated `registry.mirrors."<registry>"` table.
@@ -258,6 +289,7 @@ pub fn check_settings(settings: &Settings, required: &str) -> Vec<Finding> {
         }
         Some(cp) => {
             if settings.generation == Some(Generation::Containerd2)
+                && settings.use_local_image_pull != Some(true)
                 && cp.split(':').filter(|e| !e.trim().is_empty()).count() > 1
             {
                 findings.push(Finding::ConfigPathList {
@@ -350,12 +382,26 @@ pub fn evaluate(merged: &MergedConfig, required: &str) -> Evaluation {
         .and_then(|b| b.get("content_sharing_policy"))
         .and_then(Value::as_str)
         .map(str::to_string);
+    let use_local_image_pull = match super::load::plugin(&merged.table, CRI_IMAGES_V3)
+        .and_then(|t| t.get("use_local_image_pull"))
+    {
+        None => false,
+        Some(Value::Boolean(b)) => *b,
+        Some(_) => {
+            invalid.push(Finding::InvalidSetting {
+                key: format!("plugins.\"{CRI_IMAGES_V3}\".use_local_image_pull"),
+                expected: "true or false",
+            });
+            false
+        }
+    };
     let settings = Settings {
         generation: Some(merged.generation),
         config_path,
         discard_unpacked_layers,
         legacy_mirrors,
         content_sharing_policy,
+        use_local_image_pull: Some(use_local_image_pull),
     };
     let mut findings = check_settings(&settings, required);
     findings.extend(invalid);
@@ -399,6 +445,14 @@ mod tests {
                 registries: vec!["docker.io".into()],
             },
             Finding::ContentSharingShared,
+            Finding::TransferServiceIgnoresList {
+                version: "v2.3.4".into(),
+                config_path: "/a:/b".into(),
+            },
+            Finding::UseLocalImagePullUnknown {
+                version: "v2.4.0".into(),
+                config_path: "/a:/b".into(),
+            },
         ];
         for f in all {
             assert!(!f.message().contains('\n'));

@@ -57,6 +57,8 @@ struct JsonReport<'a> {
     ready: bool,
     config_path: Option<&'a str>,
     discard_unpacked_layers: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    use_local_image_pull: Option<bool>,
     findings: Vec<JsonFinding>,
     fix: Option<&'a Fix>,
 }
@@ -75,6 +77,7 @@ impl Report {
             ready: self.ready(),
             config_path: self.evaluation.settings.config_path.as_deref(),
             discard_unpacked_layers: self.evaluation.settings.discard_unpacked_layers,
+            use_local_image_pull: self.evaluation.settings.use_local_image_pull,
             findings: self
                 .evaluation
                 .findings
@@ -165,13 +168,15 @@ struct Needs<'a> {
     generation: Generation,
     config_path: Option<String>,
     discard: bool,
+    /// `use_local_image_pull = true` (containerd 2.x only).
+    local_pull: bool,
     mirrors: &'a [LegacyMirror],
     required: &'a str,
 }
 
 impl Needs<'_> {
     fn any_toml(&self) -> bool {
-        self.config_path.is_some() || self.discard
+        self.config_path.is_some() || self.discard || self.local_pull
     }
 
     /// The minimal tables, indented by `indent` spaces.
@@ -193,10 +198,14 @@ impl Needs<'_> {
                 }
             }
             Generation::Containerd2 => {
+                if self.discard || self.local_pull {
+                    out.push_str(&format!("{pad}[plugins.\"{CRI_IMAGES_V3}\"]\n"));
+                }
                 if self.discard {
-                    out.push_str(&format!(
-                        "{pad}[plugins.\"{CRI_IMAGES_V3}\"]\n{pad}  discard_unpacked_layers = false\n"
-                    ));
+                    out.push_str(&format!("{pad}  discard_unpacked_layers = false\n"));
+                }
+                if self.local_pull {
+                    out.push_str(&format!("{pad}  use_local_image_pull = true\n"));
                 }
                 if let Some(cp) = &self.config_path {
                     out.push_str(&format!(
@@ -227,6 +236,7 @@ impl Needs<'_> {
 fn needs<'a>(evaluation: &'a Evaluation, required: &'a str, generation: Generation) -> Needs<'a> {
     let mut config_path = None;
     let mut discard = false;
+    let mut local_pull = false;
     for f in &evaluation.findings {
         match f {
             Finding::ConfigPathNotSet => config_path = Some(required.to_string()),
@@ -240,13 +250,21 @@ fn needs<'a>(evaluation: &'a Evaluation, required: &'a str, generation: Generati
                 })
             }
             Finding::DiscardUnpackedLayers => discard = true,
+            Finding::TransferServiceIgnoresList { .. } => {
+                local_pull = generation == Generation::Containerd2
+            }
             _ => {}
         }
+    }
+    // A fix that sets one directory needs no use_local_image_pull.
+    if config_path.as_deref().is_some_and(|c| !c.contains(':')) {
+        local_pull = false;
     }
     Needs {
         generation,
         config_path,
         discard,
+        local_pull,
         mirrors: &evaluation.settings.legacy_mirrors,
         required,
     }
@@ -369,6 +387,9 @@ fn apply_needs(table: &mut Table, needs: &Needs<'_>) {
             r.insert("config_path".into(), Value::String(cp.clone()));
         }
     }
+    if needs.local_pull && needs.generation == Generation::Containerd2 {
+        table.insert("use_local_image_pull".into(), Value::Boolean(true));
+    }
     if needs.discard {
         let target = match needs.generation {
             Generation::Containerd1 => table
@@ -399,7 +420,7 @@ fn eks_al2023_fix(needs: &Needs<'_>) -> Fix {
         notes: if needs.generation == Generation::Containerd2 {
             vec![
                 "nodes pick it up when they are created: roll the node group".into(),
-                "on containerd 2.1 and later, prefer a single config_path directory: the transfer service reads only one".into(),
+                "on containerd 2.1 and later, prefer a single config_path directory: the transfer service ignores a list unless use_local_image_pull = true".into(),
             ]
         } else {
             vec!["nodes pick it up when they are created: roll the node group".into()]
@@ -442,7 +463,7 @@ fn k3s_fix(needs: &Needs<'_>, evaluation: &Evaluation, rke2: bool) -> Fix {
             ),
         });
     }
-    if needs.discard {
+    if needs.discard || needs.local_pull {
         let template = match needs.generation {
             Generation::Containerd2 => "config-v3.toml.tmpl",
             Generation::Containerd1 => "config.toml.tmpl",
@@ -453,7 +474,7 @@ fn k3s_fix(needs: &Needs<'_>, evaluation: &Evaluation, rke2: bool) -> Fix {
         };
         steps.push(FixStep {
             description: format!(
-                "keep unpacked layers: {product} regenerates containerd's configuration at start, so change its template and restart {product}"
+                "change containerd's CRI settings: {product} regenerates containerd's configuration at start, so change its template and restart {product}"
             ),
             path: Some(format!("{base}/agent/etc/containerd/{template}")),
             language: "toml",
@@ -492,13 +513,18 @@ fn kind_fix(needs: &Needs<'_>, evaluation: &Evaluation) -> Fix {
 
 fn talos_fix(needs: &Needs<'_>, evaluation: &Evaluation) -> Fix {
     let mut steps = Vec::new();
-    if needs.discard {
+    if needs.discard || needs.local_pull {
+        let part = Needs {
+            config_path: None,
+            ..*needs
+        };
         steps.push(FixStep {
             description: "add this file to the machine configuration (talosctl patch machineconfig --patch @speil.yaml); Talos merges it into /etc/cri/conf.d/cri.toml".into(),
             path: Some("speil.yaml".into()),
             language: "yaml",
             content: format!(
-                "machine:\n  files:\n    - path: /etc/cri/conf.d/20-customization.part\n      op: create\n      content: |\n        [plugins.\"{CRI_IMAGES_V3}\"]\n          discard_unpacked_layers = false\n"
+                "machine:\n  files:\n    - path: /etc/cri/conf.d/20-customization.part\n      op: create\n      content: |\n{}",
+                part.lines(8)
             ),
         });
     }
@@ -574,13 +600,13 @@ fn minikube_fix(needs: &Needs<'_>) -> Fix {
             content: "for node in $(minikube node list | cut -f1); do\n  minikube ssh -n \"$node\" -- \"sudo sed -i 's/discard_unpacked_layers = true/discard_unpacked_layers = false/' /etc/containerd/config.toml && sudo systemctl restart containerd\"\ndone\n".into(),
         });
     }
-    if needs.config_path.is_some() {
+    if needs.config_path.is_some() || needs.local_pull {
         let d = Needs {
             discard: false,
             ..needs.clone()
         };
         steps.push(FixStep {
-            description: "set the registry config path in /etc/containerd/config.toml on every node (minikube ssh), then sudo systemctl restart containerd".into(),
+            description: "set these keys in /etc/containerd/config.toml on every node (minikube ssh), then sudo systemctl restart containerd".into(),
             path: Some("/etc/containerd/config.toml".into()),
             language: "toml",
             content: d.lines(0),
@@ -615,7 +641,11 @@ fn make_fix(
         Distribution::Talos => talos_fix(&needs, evaluation),
         Distribution::Gke | Distribution::DigitalOcean => unmanaged_fix(distribution, &needs),
         Distribution::Aks | Distribution::Generic(_) => {
-            generic_fix(&needs, "/etc/containerd/config.toml")
+            // The file containerd was found to run with, when the files were read.
+            let main = merged
+                .and_then(|m| m.files.first())
+                .map_or("/etc/containerd/config.toml", String::as_str);
+            generic_fix(&needs, main)
         }
     };
     for f in &evaluation.findings {
@@ -623,6 +653,9 @@ fn make_fix(
             Finding::InvalidSetting { .. } | Finding::CriFieldMissing { .. } => {
                 fix.notes.push(f.message())
             }
+            Finding::TransferServiceIgnoresList { .. } => fix.notes.push(format!(
+                "instead of use_local_image_pull = true, config_path can be the one directory {required}; the other directories' hosts.toml files are then no longer read"
+            )),
             _ => {}
         }
     }

@@ -11,7 +11,11 @@
 //!   contents, the caller reads the files), merged as containerd merges them
 //!   ([`ConfigSet::merge`]) and checked by [`evaluate`];
 //! - the CRI `Status` answer's `info["config"]` JSON ([`evaluate_cri_config`]), which
-//!   containerd 1.x fills and containerd 2.x no longer does.
+//!   containerd 1.x fills and containerd 2.x no longer does;
+//! - the Introspection exports of containerd 2.4 and later ([`evaluate_introspection`]).
+//!
+//! [`apply_runtime`] then applies what the running containerd's version decides: the keys the
+//! fix is written in, and the transfer-service rule of containerd ≥ 2.1.
 //!
 //! [`detect`] recognises the distribution and [`diagnose`] turns findings into the fix the
 //! operator pastes for it.
@@ -20,6 +24,7 @@ mod cri;
 mod distribution;
 mod evaluate;
 mod fix;
+mod live;
 mod load;
 mod runtime;
 
@@ -30,6 +35,11 @@ pub use evaluate::{
     evaluate,
 };
 pub use fix::{Fix, FixStep, Report, diagnose};
+pub use live::{
+    CRI_IMAGES_FILTER, CRI_IMAGES_PLUGIN_ID, CRI_IMAGES_PLUGIN_TYPE, EXPORT_CONFIG_PATH,
+    EXPORT_DISCARD, Introspected, IntrospectedPlugin, apply_runtime, config_generation,
+    distribution_for_runtime, evaluate_introspection,
+};
 pub use load::{
     BOLT, CRI_IMAGES_V3, CRI_RUNTIME_V3, CRI_V2, ConfigError, ConfigSet, Generation,
     IgnoredSetting, Layer, LoadedFile, MergedConfig, imports_of,
@@ -37,7 +47,7 @@ pub use load::{
 pub use runtime::{
     DEFAULT_CONFIG_FILE, DEFAULT_GRPC_ADDRESS, LiveSource, RuntimeGeneration, RuntimeVersion,
     UnknownRuntimeVersion, config_file_of, grpc_address_of, live_source, parse_runtime_version,
-    pulls_through_transfer_service, transfer_service_problem,
+    pulls_through_transfer_service,
 };
 
 /// Checks a set of files end to end: merge, evaluate, recognise (unless `distribution` is
@@ -50,10 +60,27 @@ pub fn check_files(
     distribution: Option<Distribution>,
     extra: Vec<Finding>,
 ) -> Report {
+    check_files_for(set, required, hints, distribution, extra, None)
+}
+
+/// [`check_files`] for the files a running containerd of version `runtime` uses: its
+/// generation decides the keys of the fix and the transfer-service rule ([`apply_runtime`]).
+pub fn check_files_for(
+    set: &ConfigSet,
+    required: &str,
+    hints: Hints<'_>,
+    distribution: Option<Distribution>,
+    extra: Vec<Finding>,
+    runtime: Option<&RuntimeVersion>,
+) -> Report {
     let merged = set.merge();
     let mut evaluation = evaluate(&merged, required);
     evaluation.findings.extend(extra);
     evaluation.findings.sort_by_key(Finding::severity);
-    let distribution = distribution.unwrap_or_else(|| detect(set, &merged, hints));
+    let mut distribution = distribution.unwrap_or_else(|| detect(set, &merged, hints));
+    if let Some(version) = runtime {
+        apply_runtime(&mut evaluation, version);
+        distribution = distribution_for_runtime(distribution, version);
+    }
     diagnose(distribution, evaluation, required, Some(&merged))
 }

@@ -128,24 +128,6 @@ pub fn pulls_through_transfer_service(version: &RuntimeVersion) -> bool {
     (version.major, version.minor) >= (2, 1)
 }
 
-/// SPEC §6 rule 5: the message when a transfer-service pull would never ask the mirror, else
-/// `None`. `config_path` is the (possibly `:`-separated) value containerd uses.
-pub fn transfer_service_problem(
-    version: &RuntimeVersion,
-    config_path: &str,
-    use_local_image_pull: bool,
-) -> Option<String> {
-    let dirs = config_path.split(':').filter(|d| !d.is_empty()).count();
-    if !pulls_through_transfer_service(version) || dirs <= 1 || use_local_image_pull {
-        return None;
-    }
-    Some(format!(
-        "containerd {version} pulls through the transfer service, which ignores a config_path \
-         list: set config_path to one directory, or set use_local_image_pull = true under \
-         [plugins.\"io.containerd.cri.v1.images\"]"
-    ))
-}
-
 /// containerd's default configuration file (used when its command line names none).
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/containerd/config.toml";
 /// containerd's default gRPC socket (used when its configuration names none).
@@ -266,23 +248,5 @@ mod tests {
         );
         assert_eq!(grpc_address_of("version = 3\n"), DEFAULT_GRPC_ADDRESS);
         assert_eq!(grpc_address_of("not toml ["), DEFAULT_GRPC_ADDRESS);
-    }
-
-    #[test]
-    fn transfer_service_rule() {
-        let list = "/etc/containerd/certs.d:/etc/docker/certs.d";
-        let msg = transfer_service_problem(&v("v2.3.4"), list, false).unwrap();
-        assert!(msg.starts_with("containerd v2.3.4 pulls through the transfer service"));
-        assert!(msg.contains("use_local_image_pull = true"));
-        assert_eq!(transfer_service_problem(&v("v2.3.4"), list, true), None);
-        assert_eq!(
-            transfer_service_problem(&v("v2.3.4"), "/etc/containerd/certs.d", false),
-            None
-        );
-        assert_eq!(transfer_service_problem(&v("v2.0.2"), list, false), None);
-        assert_eq!(
-            transfer_service_problem(&v("1.6.20~ds1"), list, false),
-            None
-        );
     }
 }

@@ -487,7 +487,20 @@ pub async fn verify_containerd(
         config_file,
     };
     let report = match check_live(&inputs).await.map_err(|e| format!("{e:#}"))? {
-        Checked::Verified { report, .. } => report,
+        Checked::Verified {
+            report,
+            source,
+            runtime_version,
+        } => {
+            if report.ready() {
+                tracing::info!(
+                    %source,
+                    runtime_version = runtime_version.as_deref().unwrap_or("unknown"),
+                    "containerd configuration verified"
+                );
+            }
+            report
+        }
         Checked::Unverified { warning, .. } => {
             tracing::warn!("{warning}");
             return Ok(());

@@ -235,6 +235,30 @@ async fn the_image_built_without_an_engine_is_pulled_through_the_cri_and_runs() 
     assert_config(&config);
     assert_layer(&blob_path(&layout, &layer), &binary)?;
 
+    // Reproducible: the same binary and SOURCE_DATE_EPOCH give the same digests.
+    let again = work.path().join("again");
+    let out = run(
+        Command::new(repo_root().join("scripts/build-image"))
+            .arg("--binary")
+            .arg(&binary)
+            .arg("--out")
+            .arg(&again)
+            .args(["--tag", &tag])
+            .env("SOURCE_DATE_EPOCH", EPOCH),
+        Duration::from_secs(300),
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read_json(&again.join("index.json"))?,
+        read_json(&layout.join("index.json"))?,
+        "a second build gave another manifest"
+    );
+    std::fs::remove_dir_all(&again)?;
+
     for node in &h.nodes {
         // CRI pulls go to the upstream over plain HTTP.
         let dir = node.certs_dir().join(&registry);

@@ -2,10 +2,11 @@
 //! test's `speil` binary with `umoci` (no container engine, nothing downloaded) and pushes it
 //! with `skopeo` to the harness's upstream registry; one node per containerd generation (1.6,
 //! 2.3.4, 2.4-dev) pulls it through the CRI, as kubelet does. The layer the node pulled is
-//! unpacked and its entrypoint run (`chroot`, as the image's user): `speil version` answers with
-//! the workspace version, the bare entrypoint asks for a command. On containerd 1.6 the image
-//! also runs as a container, `ctr run` with runc (Debian's runc shim does not start tasks for
-//! containerd 2.x, and no 2.x shim is on this machine).
+//! unpacked and its entrypoint run (`chroot`, as the image's user, root, and as nonroot 65532):
+//! `speil version` answers with the workspace version, the bare entrypoint asks for a command.
+//! On containerd 1.6 the image also runs as a container, `ctr run` with runc (Debian's runc shim
+//! does not start tasks for containerd 2.x, and no 2.x shim is on this machine).
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -22,7 +23,10 @@ const VERSION: &str = env!("CARGO_PKG_VERSION");
 const EPOCH: &str = "1700000000";
 const CREATED: &str = "2023-11-14T22:13:20Z";
 const ENTRYPOINT: &str = "/usr/local/bin/speil";
-const USER: &str = "65532:65532";
+/// Root, as Spegel's image: the containerd socket is root's (0660) on most nodes.
+const USER: &str = "0:0";
+/// The image's unprivileged user.
+const NONROOT: &str = "65532:65532";
 
 /// What this test needs beyond the harness: `umoci` for the build, `ctr` and `runc` to run
 /// the pulled image. Missing: a failure when `CI=true`, else a loud skip.
@@ -282,6 +286,17 @@ async fn the_image_built_without_an_engine_is_pulled_through_the_cri_and_runs() 
             &layer,
             &pulled,
             &pulled_config,
+            None,
+            &["version", "--format", "json"],
+        )?;
+        assert_version(&version, name)?;
+        // Nothing in the image needs root to run: the unprivileged user can too.
+        let version = run_extracted(
+            &blob_path(&node.content_path(), &layer),
+            &layer,
+            &pulled,
+            &pulled_config,
+            Some(NONROOT),
             &["version", "--format", "json"],
         )?;
         assert_version(&version, name)?;
@@ -290,6 +305,7 @@ async fn the_image_built_without_an_engine_is_pulled_through_the_cri_and_runs() 
             &layer,
             &pulled,
             &pulled_config,
+            None,
             &[],
         )?;
         assert_asks_for_a_command(&out, name);
@@ -339,12 +355,13 @@ fn assert_asks_for_a_command(out: &Output, name: &str) {
 }
 
 /// Unpacks `layer` (which must hash to `digest`) into `rootfs` and runs the config's
-/// entrypoint with `args` in it (`chroot`), as the config's user.
+/// entrypoint with `args` in it (`chroot`), as `user` or else the config's user.
 fn run_extracted(
     layer: &Path,
     digest: &str,
     rootfs: &Path,
     config: &Value,
+    user: Option<&str>,
     args: &[&str],
 ) -> Result<Output> {
     let bytes = std::fs::read(layer).with_context(|| format!("reading {}", layer.display()))?;
@@ -367,7 +384,10 @@ fn run_extracted(
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    let user = c["User"].as_str().context("no User")?;
+    let user = match user {
+        Some(u) => u,
+        None => c["User"].as_str().context("no User")?,
+    };
     let mut cmd = Command::new(which("chroot").context("chroot is not on PATH")?);
     cmd.arg(format!("--userspec={user}"))
         .arg(rootfs)

@@ -3,6 +3,7 @@
 mod cli;
 mod config_cmds;
 mod fsplan;
+mod logfmt;
 mod probe;
 mod process_metrics;
 mod registry;
@@ -37,12 +38,16 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .with_max_level(cli.log_level)
-        .with_current_span(false)
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(logfmt::FlatJson::new(logfmt::Stderr))
+            .with(tracing_subscriber::filter::LevelFilter::from_level(
+                cli.log_level,
+            ))
+            .init();
+    }
     if let Command::Version(args) = cli.command {
         return config_cmds::version(args);
     }
@@ -69,7 +74,9 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("speil {name}: {e:#}");
+            // One line, as every other line on stderr: a JSON object (Spegel logs "exit with
+            // error" the same way).
+            tracing::error!(command = name, "speil {name}: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -6,6 +6,7 @@ mod fsplan;
 mod logfmt;
 mod probe;
 mod process_metrics;
+mod reference;
 mod registry;
 
 use std::process::ExitCode;
@@ -48,6 +49,10 @@ fn main() -> ExitCode {
             ))
             .init();
     }
+    if let Command::ConfigurationReference = cli.command {
+        print!("{}", reference::configuration_page());
+        return ExitCode::SUCCESS;
+    }
     if let Command::Version(args) = cli.command {
         return config_cmds::version(args);
     }
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
             Command::CleanupWait(a) => ("cleanup-wait", config_cmds::cleanup_wait(a).await),
             Command::Doctor(a) => ("doctor", config_cmds::doctor(a).await),
             Command::Version(a) => ("version", Ok(config_cmds::version(a))),
+            Command::ConfigurationReference => ("configuration-reference", Ok(ExitCode::SUCCESS)),
         }
     });
     match result {

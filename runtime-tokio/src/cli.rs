@@ -13,7 +13,8 @@ use speil_core::hosts::{Registry, parse_mirror_target};
 #[derive(Debug, Parser)]
 #[command(name = "speil", version, about, subcommand_required = true)]
 pub struct Cli {
-    /// Log level of the JSON logs on stderr.
+    /// Lowest level logged (`DEBUG`, `INFO`, `WARN` or `ERROR`; one JSON object per line on
+    /// stderr). Requests are logged at `INFO`: `WARN` turns them off.
     #[arg(long, env, global = true, default_value = "INFO", value_parser = parse_log_level)]
     pub log_level: tracing::Level,
     /// What to run.
@@ -36,6 +37,9 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Print version information.
     Version(VersionArgs),
+    /// Print docs/configuration.md (every flag of every command) from this definition.
+    #[command(hide = true, name = "configuration-reference")]
+    ConfigurationReference,
 }
 
 /// How peers are found.
@@ -107,20 +111,24 @@ pub struct RegistryArgs {
     /// URL to fetch `/id` from (http bootstrap).
     #[arg(long, env)]
     pub http_bootstrap_url: Option<String>,
-    /// CA and client certificate for the fetch (http bootstrap).
+    /// Accepted for compatibility with Spegel and not used yet: the bootstrap fetch is plain
+    /// http (a warning is logged; `https://` URLs are refused).
     #[arg(long, env)]
     pub http_bootstrap_cert_dir: Option<PathBuf>,
     /// Multiaddrs with `/p2p/<peer id>` (static bootstrap).
     #[arg(long, env, num_args = 0.., value_delimiter = ',')]
     pub static_bootstrap_peers: Vec<String>,
-    /// Refuse to start when containerd is verifiably misconfigured.
+    /// Refuse to start when containerd is verifiably misconfigured (the doctor's check); start
+    /// with a warning when its configuration cannot be read.
     #[arg(long, env, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub verify_containerd_config: bool,
-    /// containerd's config file, for the verification on containerd 2.0–2.3; empty = the
-    /// `--config` of the containerd process in /proc, else /etc/containerd/config.toml.
+    /// containerd's config file, for the verification on containerd 2.x; empty = the
+    /// `--config` of the containerd process serving the socket (from /proc), else
+    /// /etc/containerd/config.toml.
     #[arg(long, env, default_value = "")]
     pub containerd_config: String,
-    /// Pre-shared key file for a private libp2p network.
+    /// Pre-shared key file (`/key/swarm/psk/1.0.0/` format) for a private libp2p network: only
+    /// nodes with the same key can connect to the router.
     #[arg(long, env)]
     pub libp2p_psk_file: Option<PathBuf>,
 }
@@ -185,7 +193,8 @@ pub struct DoctorArgs {
     /// Check this config.toml (and its imports) instead of asking the running containerd.
     #[arg(long, env)]
     pub containerd_config: Option<PathBuf>,
-    /// containerd's gRPC socket (live check through the CRI Status call).
+    /// containerd's gRPC socket (the live check: CRI version, then CRI status or the config
+    /// file).
     #[arg(long, env, default_value = "/run/containerd/containerd.sock")]
     pub containerd_sock: PathBuf,
     /// The directory speil writes hosts.toml files into.

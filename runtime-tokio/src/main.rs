@@ -3,8 +3,10 @@
 mod cli;
 mod config_cmds;
 mod fsplan;
+mod logfmt;
 mod probe;
 mod process_metrics;
+mod reference;
 mod registry;
 
 use std::process::ExitCode;
@@ -37,12 +39,20 @@ fn main() -> ExitCode {
             };
         }
     };
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .with_max_level(cli.log_level)
-        .with_current_span(false)
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(logfmt::FlatJson::new(logfmt::Stderr))
+            .with(tracing_subscriber::filter::LevelFilter::from_level(
+                cli.log_level,
+            ))
+            .init();
+    }
+    if let Command::ConfigurationReference = cli.command {
+        print!("{}", reference::configuration_page());
+        return ExitCode::SUCCESS;
+    }
     if let Command::Version(args) = cli.command {
         return config_cmds::version(args);
     }
@@ -64,12 +74,15 @@ fn main() -> ExitCode {
             Command::CleanupWait(a) => ("cleanup-wait", config_cmds::cleanup_wait(a).await),
             Command::Doctor(a) => ("doctor", config_cmds::doctor(a).await),
             Command::Version(a) => ("version", Ok(config_cmds::version(a))),
+            Command::ConfigurationReference => ("configuration-reference", Ok(ExitCode::SUCCESS)),
         }
     });
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("speil {name}: {e:#}");
+            // One line, as every other line on stderr: a JSON object (Spegel logs "exit with
+            // error" the same way).
+            tracing::error!(command = name, "speil {name}: {e:#}");
             ExitCode::from(1)
         }
     }

@@ -48,7 +48,7 @@ pub async fn run(args: RegistryArgs) -> Result<ExitCode> {
     match start(args).await {
         Ok(code) => Ok(code),
         Err(Fatal(code, line)) => {
-            eprintln!("speil registry: {line}");
+            tracing::error!(command = "registry", "speil registry: {line}");
             Ok(ExitCode::from(code))
         }
     }

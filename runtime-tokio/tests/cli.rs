@@ -307,6 +307,80 @@ fn usage_errors_are_one_line_and_exit_2() {
     assert_usage_error(&run(&mut speil()), "command");
 }
 
+/// Every line on stderr is one flat JSON object with `time`, `level` and `msg` at the top
+/// level, as Spegel's slog handler writes them, and the fields beside them.
+fn assert_flat_json_lines(err: &str) -> Vec<serde_json::Value> {
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+            let o = v
+                .as_object()
+                .unwrap_or_else(|| panic!("not an object: {l}"));
+            let time = o["time"].as_str().unwrap_or_else(|| panic!("no time: {l}"));
+            // RFC 3339 in UTC with milliseconds: 2026-12-02T12:52:31.123Z.
+            assert_eq!(time.len(), 24, "{l}");
+            assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{l}");
+            let level = o["level"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no level: {l}"));
+            assert!(["DEBUG", "INFO", "WARN", "ERROR"].contains(&level), "{l}");
+            assert!(o["msg"].is_string(), "no msg: {l}");
+            for (k, v) in o {
+                assert!(!v.is_object() && k != "fields", "nested {k}: {l}");
+            }
+            v
+        })
+        .collect();
+    assert!(!lines.is_empty());
+    lines
+}
+
+#[test]
+fn log_lines_are_flat_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(speil()
+        .args(["--log-level", "DEBUG", "configuration"])
+        .arg("--containerd-registry-config-path")
+        .arg(dir.path())
+        .args(["--mirror-targets", "http://127.0.0.1:30020"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let lines = assert_flat_json_lines(&stderr(&out));
+    let written = lines
+        .iter()
+        .find(|v| v["msg"] == "mirror configuration written")
+        .expect("the configuration line");
+    assert_eq!(written["level"], "INFO");
+    assert_eq!(written["path"], dir.path().display().to_string());
+    assert!(written["operations"].is_u64(), "{written}");
+    // A start-up failure is a JSON line too, at ERROR.
+    let out = run(speil()
+        .args(["registry", "--bootstrap-kind", "http"])
+        .args(["--http-bootstrap-url", "http://127.0.0.1:9/id"])
+        .args(["--containerd-sock", "/nonexistent/containerd.sock"]));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let lines = assert_flat_json_lines(&stderr(&out));
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert_eq!(last["command"], "registry");
+    assert!(
+        last["msg"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/containerd.sock"),
+        "{last}"
+    );
+    // `--log-level WARN` keeps warnings and errors only.
+    let out = run(speil()
+        .args(["--log-level", "WARN", "configuration"])
+        .arg("--containerd-registry-config-path")
+        .arg(dir.path())
+        .args(["--mirror-targets", "http://127.0.0.1:30020"]));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "");
+}
+
 #[test]
 fn version_json() {
     let out = run(speil().args(["version", "--format", "json"]));

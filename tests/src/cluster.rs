@@ -132,12 +132,12 @@ pub fn source_of(s: &Speil, digest: &str) -> String {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
-        let f = &v["fields"];
+        let f = &v;
         if f["for_peer"] == true {
             // This node serving a peer, not its own containerd.
             continue;
         }
-        match f["message"].as_str() {
+        match f["msg"].as_str() {
             Some("mirrored") if f["method"] == "GET" => {
                 source = format!("peer {}", f["peer"].as_str().unwrap_or("?"));
             }

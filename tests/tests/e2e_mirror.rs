@@ -131,9 +131,9 @@ async fn a_peer_killed_mid_blob_does_not_break_the_pull(kind: ClusterKind) -> Re
         let log = c.speils[2].log_text();
         let serving = log.lines().find_map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).ok()?;
-            let f = &v["fields"];
+            let f = &v;
             let path = f["path"].as_str()?;
-            (f["message"] == "mirrored" && layers.iter().any(|d| path.contains(d.as_str())))
+            (f["msg"] == "mirrored" && layers.iter().any(|d| path.contains(d.as_str())))
                 .then(|| f["peer"].as_str().map(str::to_owned))?
         });
         if let Some(peer) = serving {

@@ -116,7 +116,7 @@ impl<R: Runtime> Inner<R> {
         if path == "/metrics" {
             return respond(
                 StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                crate::metrics::PROMETHEUS_TEXT,
                 self.shared.metrics.encode(),
             );
         }

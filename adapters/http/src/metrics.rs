@@ -38,7 +38,7 @@ pub struct RouterLabel {
 /// Labels `{handler, method, code}` of the HTTP metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    /// The route (`blobs`, `manifests`, `v2`, `readyz`, `livez`, `other`).
+    /// The route, as Spegel names it (`/v2/*`, `/readyz`, `/livez`; `other` for no route).
     pub handler: String,
     /// The method.
     pub method: String,
@@ -55,19 +55,27 @@ pub struct HandlerLabel {
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Prometheus' default buckets (Go client `prometheus.DefBuckets`), which Spegel's
+/// `http_request_duration_seconds` and `spegel_resolve_duration_seconds` use.
+const DEFAULT_BUCKETS: [f64; 11] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
 fn duration_histogram() -> Histogram {
-    Histogram::new([
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ])
+    Histogram::new(DEFAULT_BUCKETS)
 }
 
+/// Spegel's response size buckets: 1 KiB times powers of 5, up to about 2 GB.
 fn size_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(100.0, 10.0, 8))
+    Histogram::new(exponential_buckets(1024.0, 5.0, 10))
 }
 
 fn resolve_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+    Histogram::new(DEFAULT_BUCKETS)
 }
+
+/// The `Content-Type` of [`Metrics::encode`]'s output.
+pub const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Every metric speil exports, and the registry that encodes them.
 pub struct Metrics {
@@ -127,12 +135,12 @@ impl Metrics {
         );
         registry.register(
             "spegel_mirror_last_success_timestamp_seconds",
-            "The timestamp of the last mirror request that succeeded",
+            "The timestamp of the last successful mirror request",
             m.mirror_last_success.clone(),
         );
         registry.register(
             "spegel_resolve_duration_seconds",
-            "The duration for the router to resolve a peer",
+            "The duration for router to resolve a peer",
             m.resolve_duration.clone(),
         );
         registry.register(
@@ -169,11 +177,16 @@ impl Metrics {
     }
 
     /// The Prometheus text encoding of every metric.
+    ///
+    /// This is the format Spegel serves (Prometheus text 0.0.4, as the Go client writes it, see
+    /// [`PROMETHEUS_TEXT`]): counters are named with `_total` in `# HELP` and `# TYPE`, numbers
+    /// are formatted as Go's `strconv.FormatFloat(v, 'g', -1, 64)` (`le="1"`, `1.6e+07`), and
+    /// there is no `# EOF`, so a query on `le` matches Spegel's series on any Prometheus.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        openmetrics_to_prometheus_text(&out)
     }
 
     /// Counts a mirrored request of `registry` as a hit or a miss.
@@ -224,4 +237,142 @@ impl Metrics {
 
 fn gauge(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Rewrites prometheus-client's OpenMetrics text as the Prometheus text format 0.0.4.
+fn openmetrics_to_prometheus_text(om: &str) -> String {
+    let mut out = String::with_capacity(om.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in om.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name, text));
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+        } else if line.starts_with('#') {
+            // `# UNIT` and `# EOF` do not exist in the 0.0.4 format.
+        } else if !line.is_empty() {
+            out.push_str(&sample_line(line));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// One sample line with its value and any `le` label in Go's number format.
+fn sample_line(line: &str) -> String {
+    let (series, value) = match line.rfind('}') {
+        Some(end) => (&line[..=end], line[end + 1..].trim()),
+        None => line.split_once(' ').unwrap_or((line, "")),
+    };
+    // Go writes `le` last and as a Go number; prometheus-client writes it first.
+    let series = match series.find("le=\"") {
+        Some(i) => {
+            let start = i + 4;
+            let len = series[start..].find('"').unwrap_or(0);
+            let le = go_number(&series[start..start + len]);
+            let before = series[..i].trim_end_matches(',');
+            let after = series[start + len + 1..].trim_start_matches(',');
+            let others = format!("{before}{after}");
+            let others = others.trim_end_matches('}');
+            let sep = if others.ends_with('{') { "" } else { "," };
+            format!("{others}{sep}le=\"{le}\"}}")
+        }
+        None => series.to_owned(),
+    };
+    format!("{series} {}", go_number(value))
+}
+
+/// `v` (a number as prometheus-client writes it) as Go's `FormatFloat(v, 'g', -1, 64)`.
+fn go_number(v: &str) -> String {
+    let Ok(f) = v.parse::<f64>() else {
+        return v.to_owned();
+    };
+    if f.is_nan() {
+        return "NaN".to_owned();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 { "+Inf" } else { "-Inf" }.to_owned();
+    }
+    // Shortest digits, as Rust's `{:e}` gives them: `3.2e6`, `5e-5`, `0e0`.
+    let e = format!("{f:e}");
+    let (mantissa, exp) = e.split_once('e').unwrap_or((&e, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    // Go switches to the exponent form outside [1e-4, 1e6) when printing the shortest digits.
+    if !(-4..6).contains(&exp) {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    } else {
+        format!("{f}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_as_go_writes_them() {
+        for (v, go) in [
+            ("0", "0"),
+            ("1.0", "1"),
+            ("0.005", "0.005"),
+            ("2.5", "2.5"),
+            ("1024.0", "1024"),
+            ("640000.0", "640000"),
+            ("3200000.0", "3.2e+06"),
+            ("2000000000.0", "2e+09"),
+            ("1796215951.12", "1.79621595112e+09"),
+            ("0.00005", "5e-05"),
+            ("0.0001", "0.0001"),
+            ("-3.0", "-3"),
+            ("+Inf", "+Inf"),
+            ("NaN", "NaN"),
+            ("17", "17"),
+        ] {
+            assert_eq!(go_number(v), go, "{v}");
+        }
+    }
+
+    #[test]
+    fn prometheus_text_as_spegel_serves_it() {
+        let m = Metrics::default();
+        m.mirror_request("docker.io", true);
+        m.http_size
+            .get_or_create(&HttpLabels {
+                handler: "/v2/*".into(),
+                method: "GET".into(),
+                code: "200".into(),
+            })
+            .observe(2048.0);
+        let text = m.encode();
+        assert!(!text.contains("# EOF"), "{text}");
+        assert!(
+            text.contains(
+                "# HELP spegel_mirror_requests_total Total number of mirror requests.\n\
+                 # TYPE spegel_mirror_requests_total counter\n\
+                 spegel_mirror_requests_total{registry=\"docker.io\",cache=\"hit\"} 1\n"
+            ),
+            "{text}"
+        );
+        for bucket in [
+            r#"http_response_size_bytes_bucket{handler="/v2/*",method="GET",code="200",le="1024"} 0"#,
+            r#"http_response_size_bytes_bucket{handler="/v2/*",method="GET",code="200",le="5120"} 1"#,
+            r#"http_response_size_bytes_bucket{handler="/v2/*",method="GET",code="200",le="1.6e+07"} 1"#,
+            r#"http_response_size_bytes_bucket{handler="/v2/*",method="GET",code="200",le="2e+09"} 1"#,
+            r#"http_response_size_bytes_bucket{handler="/v2/*",method="GET",code="200",le="+Inf"} 1"#,
+            r#"http_response_size_bytes_sum{handler="/v2/*",method="GET",code="200"} 2048"#,
+        ] {
+            assert!(text.contains(bucket), "{bucket} in {text}");
+        }
+    }
 }

@@ -155,14 +155,14 @@ where
     }
 }
 
-/// The `handler` label of a path.
+/// The `handler` label of a path: Spegel's (its route patterns as `metricsFriendlyPath` turns
+/// them into labels: `GET /v2/` is `/v2/*`), and `other` for paths no route matches, which
+/// Spegel does not count at all.
 fn handler_of(path: &str) -> &'static str {
     match path {
-        "/v2" | "/v2/" => "v2",
-        "/readyz" => "readyz",
-        "/livez" => "livez",
-        p if p.starts_with("/v2/") && p.contains("/blobs/") => "blobs",
-        p if p.starts_with("/v2/") && p.contains("/manifests/") => "manifests",
+        "/readyz" => "/readyz",
+        "/livez" => "/livez",
+        p if p == "/v2" || p.starts_with("/v2/") => "/v2/*",
         _ => "other",
     }
 }

@@ -39,7 +39,7 @@ async fn node_with_file_layer(net: u8, len: usize) -> (TestNode, Digest, Bytes) 
 /// `(sum, count)` of `http_response_size_bytes` for blob responses of `method` and `code`.
 fn size_metric(node: &TestNode, method: &str, code: &str) -> (f64, u64) {
     let text = node.metrics.encode();
-    let labels = format!(r#"{{handler="blobs",method="{method}",code="{code}"}}"#);
+    let labels = format!(r#"{{handler="/v2/*",method="{method}",code="{code}"}}"#);
     let value = |name: &str| {
         let prefix = format!("{name}{labels} ");
         text.lines()
@@ -54,7 +54,7 @@ fn size_metric(node: &TestNode, method: &str, code: &str) -> (f64, u64) {
 fn blobs_inflight(node: &TestNode) -> Option<i64> {
     let text = node.metrics.encode();
     text.lines()
-        .find_map(|l| l.strip_prefix(r#"http_requests_inflight{handler="blobs"} "#))
+        .find_map(|l| l.strip_prefix(r#"http_requests_inflight{handler="/v2/*"} "#))
         .map(|v| v.trim().parse().unwrap())
 }
 

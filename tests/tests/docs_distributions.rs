@@ -1,5 +1,5 @@
 //! `docs/distributions.md` shows what `speil doctor` prints for each distribution's shipped
-//! containerd configuration (`fixtures/containerd-config/`). Each
+//! containerd configuration (`core/tests/fixtures/containerd-config/`). Each
 //! `<!-- doctor: FILE ARGS -->` … `<!-- /doctor -->` block is the real output; this test fails
 //! when one differs and rewrites them with `UPDATE_DOCS=1`.
 
@@ -12,8 +12,10 @@ fn doctor_block(spec: &str, vendor_dir: &Path) -> String {
     let mut words = spec.split_whitespace();
     let file = words.next().expect("a fixture file");
     let mut cmd = Command::new(speil::binary().unwrap());
-    cmd.current_dir(speil_tests::containerd::shared_dir().join("fixtures/containerd-config"))
-        .args(["doctor", "--containerd-config", file, "--os-release", ""]);
+    cmd.current_dir(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../core/tests/fixtures/containerd-config"),
+    )
+    .args(["doctor", "--containerd-config", file, "--os-release", ""]);
     let mut shown = vec![format!("--containerd-config {file}")];
     let mut vendor = String::new();
     for w in words {

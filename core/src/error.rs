@@ -80,6 +80,49 @@ impl fmt::Display for ErrorCode {
     }
 }
 
+/// Why a content request was not served: a small fixed set, so that it can label a metric
+/// (`speil_not_found_total{reason}`) without letting clients choose label values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FailReason {
+    /// The request's registry (`ns`) is not one this node mirrors.
+    NotMirrored,
+    /// A registry filter excludes the repository or tag.
+    Filtered,
+    /// A peer asked for content this node does not hold.
+    NotPresent,
+    /// The content store did not answer.
+    StoreUnavailable,
+    /// No peer announced the content in time.
+    NoPeer,
+    /// Peers announced it, but every attempt to fetch from them failed.
+    AllAttemptsFailed,
+}
+
+impl FailReason {
+    /// Every reason, in label order.
+    pub const ALL: [FailReason; 6] = [
+        FailReason::NotMirrored,
+        FailReason::Filtered,
+        FailReason::NotPresent,
+        FailReason::StoreUnavailable,
+        FailReason::NoPeer,
+        FailReason::AllAttemptsFailed,
+    ];
+
+    /// The metric label value (`not_mirrored`, `filtered`, `not_present`, `store_unavailable`,
+    /// `no_peer`, `all_attempts_failed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailReason::NotMirrored => "not_mirrored",
+            FailReason::Filtered => "filtered",
+            FailReason::NotPresent => "not_present",
+            FailReason::StoreUnavailable => "store_unavailable",
+            FailReason::NoPeer => "no_peer",
+            FailReason::AllAttemptsFailed => "all_attempts_failed",
+        }
+    }
+}
+
 /// An error response: status, OCI code, message, optional detail and extra headers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OciError {

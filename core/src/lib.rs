@@ -36,7 +36,7 @@ pub mod request;
 pub mod store;
 
 pub use digest::{Algorithm, Digest, DigestError};
-pub use error::{ErrorCode, OciError};
+pub use error::{ErrorCode, FailReason, OciError};
 pub use keys::Key;
 pub use manifest::{Manifest, ManifestError};
 pub use range::{ByteRange, ResolvedRange};

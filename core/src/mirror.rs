@@ -188,6 +188,9 @@ pub enum Output<P> {
         request: RequestId,
         /// Why (`could not find peer for <key>`, `all <n> attempts failed for <key>`).
         reason: String,
+        /// The same as a fixed label: [`FailReason::NoPeer`] or
+        /// [`FailReason::AllAttemptsFailed`].
+        cause: crate::FailReason,
     },
     /// Abort the client's connection: the body cannot be completed.
     Abort {
@@ -964,14 +967,21 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             }
             Phase::Resolving => {
                 let key = r.req.key.as_str();
-                let reason = if r.attempts == 0 {
-                    format!("could not find peer for {key}")
+                let (reason, cause) = if r.attempts == 0 {
+                    (
+                        format!("could not find peer for {key}"),
+                        crate::FailReason::NoPeer,
+                    )
                 } else {
-                    format!("all {} attempts failed for {key}", r.attempts)
+                    (
+                        format!("all {} attempts failed for {key}", r.attempts),
+                        crate::FailReason::AllAttemptsFailed,
+                    )
                 };
                 self.outputs.push_back(Output::NotFound {
                     request: rid,
                     reason,
+                    cause,
                 });
             }
         }
@@ -1122,6 +1132,7 @@ mod tests {
             vec![Output::NotFound {
                 request: RequestId(1),
                 reason: format!("could not find peer for {}", req.key),
+                cause: crate::FailReason::NoPeer,
             }]
         );
     }

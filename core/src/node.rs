@@ -80,6 +80,8 @@ pub enum Output<P> {
         request: RequestId,
         /// The error to send.
         error: OciError,
+        /// Why, as a fixed label.
+        reason: crate::FailReason,
     },
     /// Look up providers of `key` (see [`MirrorOutput::Lookup`]).
     Lookup {
@@ -227,12 +229,12 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
         if let Some(ns) = req.ns() {
             if !self.filter.mirrors_registry(ns) {
                 let msg = format!("registry {ns} is not mirrored by this node");
-                self.fail(id, req.target(), msg);
+                self.fail(id, req.target(), msg, crate::FailReason::NotMirrored);
                 return Ok(());
             }
             if !self.filter.allows(ns, req.name(), req.tag()) {
                 let msg = format!("{ns}/{} is excluded by a registry filter", req.name());
-                self.fail(id, req.target(), msg);
+                self.fail(id, req.target(), msg, crate::FailReason::Filtered);
                 return Ok(());
             }
         }
@@ -244,13 +246,19 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
             // A peer's request is only ever served locally: this prevents loops. The peer
             // moves on to its next provider on either answer.
             (Local::Absent, true) => {
-                self.fail(id, req.target(), "not present on this node".to_owned());
+                self.fail(
+                    id,
+                    req.target(),
+                    "not present on this node".to_owned(),
+                    crate::FailReason::NotPresent,
+                );
                 return Ok(());
             }
             (Local::Unknown, true) => {
                 self.outputs.push_back(Output::Fail {
                     request: id,
                     error: OciError::unavailable("this node's content store is not answering"),
+                    reason: crate::FailReason::StoreUnavailable,
                 });
                 return Ok(());
             }
@@ -405,13 +413,17 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
 
     // ---- internals ----
 
-    fn fail(&mut self, id: RequestId, target: &Target, reason: String) {
+    fn fail(&mut self, id: RequestId, target: &Target, message: String, reason: crate::FailReason) {
         let error = match target {
-            Target::Blob(d) => OciError::blob_unknown(d, reason),
-            Target::ManifestDigest(d) => OciError::manifest_unknown(d.as_str(), reason),
-            Target::ManifestTag(t) => OciError::manifest_unknown(t, reason),
+            Target::Blob(d) => OciError::blob_unknown(d, message),
+            Target::ManifestDigest(d) => OciError::manifest_unknown(d.as_str(), message),
+            Target::ManifestTag(t) => OciError::manifest_unknown(t, message),
         };
-        self.outputs.push_back(Output::Fail { request: id, error });
+        self.outputs.push_back(Output::Fail {
+            request: id,
+            error,
+            reason,
+        });
     }
 
     fn drain_mirror(&mut self) {
@@ -436,11 +448,15 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
                     Output::Serve { request, fetch }
                 }
                 MirrorOutput::Continue { request, fetch } => Output::Continue { request, fetch },
-                MirrorOutput::NotFound { request, reason } => {
+                MirrorOutput::NotFound {
+                    request,
+                    reason,
+                    cause,
+                } => {
                     self.mirror_misses += 1;
                     match self.pending.remove(&request) {
                         Some(p) => {
-                            self.fail(request, &p.target, reason);
+                            self.fail(request, &p.target, reason, cause);
                             continue;
                         }
                         None => Output::Abort { request },
@@ -587,7 +603,7 @@ mod tests {
         assert_eq!(key.as_str(), "127.0.0.1:5000/test/small:v1");
         n.handle_lookup_finished(t0, *id).unwrap();
         let out = drain(&mut n);
-        let [Output::Fail { request, error }] = out.as_slice() else {
+        let [Output::Fail { request, error, .. }] = out.as_slice() else {
             panic!("{out:?}")
         };
         assert_eq!(*request, RequestId(1));

@@ -260,7 +260,7 @@ impl Sim {
                 self.outcomes
                     .insert((node, request), Outcome::Local { at: self.now });
             }
-            Output::Fail { request, error } => {
+            Output::Fail { request, error, .. } => {
                 self.outcomes.insert(
                     (node, request),
                     Outcome::Failed {

@@ -111,7 +111,7 @@ fn selectors(expr: &str) -> Vec<Selector> {
             // A function call, not a metric.
             continue;
         }
-        let ours = ["spegel_", "http_", "process_", "go_"]
+        let ours = ["spegel_", "speil_", "http_", "process_", "go_"]
             .iter()
             .any(|p| name.starts_with(p));
         if ours {
@@ -153,11 +153,19 @@ fn parse_matchers(body: &str) -> Vec<Matcher> {
     out
 }
 
-/// The dashboard's selectors of families speil serves.
-fn dashboard_selectors() -> Result<Vec<Selector>> {
-    let path =
-        speil_tests::containerd::shared_dir().join("fixtures/spegel-chart/grafana-dashboard.json");
-    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+fn spegel_dashboard() -> std::path::PathBuf {
+    speil_tests::containerd::shared_dir().join("fixtures/spegel-chart/grafana-dashboard.json")
+}
+
+/// speil's own dashboard, the one its chart installs.
+fn speil_dashboard() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../charts/speil/monitoring/grafana-dashboard.json")
+}
+
+/// A dashboard's selectors of families speil serves.
+fn dashboard_selectors(path: &std::path::Path) -> Result<Vec<Selector>> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let doc: serde_json::Value = serde_json::from_str(&text)?;
     let mut qs = Vec::new();
     queries(&doc, &mut qs);
@@ -226,7 +234,19 @@ fn the_extractor_reads_every_query_of_the_dashboard() -> Result<()> {
         eprintln!("SKIP: the shared fixtures are missing");
         return Ok(());
     }
-    let sels = dashboard_selectors()?;
+    let sels = dashboard_selectors(&spegel_dashboard())?;
+    // speil's own dashboard queries what Spegel's lacks.
+    let own = dashboard_selectors(&speil_dashboard())?;
+    let own_names: Vec<&str> = own.iter().map(|s| s.name.as_str()).collect();
+    for name in [
+        "speil_served_bytes_total",
+        "speil_not_found_total",
+        "speil_peers",
+        "speil_peer_resumes_total",
+        "spegel_advertised_content_digests",
+    ] {
+        assert!(own_names.contains(&name), "{name} not among {own_names:?}");
+    }
     let names: Vec<&str> = sels.iter().map(|s| s.name.as_str()).collect();
     for name in [
         "spegel_advertised_content_digests",
@@ -262,9 +282,11 @@ fn the_extractor_reads_every_query_of_the_dashboard() -> Result<()> {
 }
 
 /// Two nodes: node 0 pulls from the upstream, node 1 from node 0 (a hit) and asks for a tag
-/// nobody has (a miss); then node 1's `/metrics` must answer every query of the dashboard.
+/// nobody has (a miss); then node 1's `/metrics` must answer every query of Spegel's dashboard
+/// and of speil's own.
 async fn dashboard_finds_its_series(generation: Generation) -> Result<()> {
-    let selectors = dashboard_selectors()?;
+    let mut selectors = dashboard_selectors(&spegel_dashboard())?;
+    selectors.extend(dashboard_selectors(&speil_dashboard())?);
     let c = Cluster::start_generations(&ClusterKind::Uniform(generation).nodes(2))?;
     let reg = c.registry();
     let small = images::small()?;
@@ -298,7 +320,7 @@ async fn dashboard_finds_its_series(generation: Generation) -> Result<()> {
             break text;
         }
         if std::time::Instant::now() > deadline {
-            panic!("Spegel's dashboard does not find: {unmet:#?}\n{text}");
+            panic!("the dashboards do not find: {unmet:#?}\n{text}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -312,6 +334,20 @@ async fn dashboard_finds_its_series(generation: Generation) -> Result<()> {
         assert!(text.contains(want), "{want} not in\n{text}");
     }
     assert!(!text.contains("# EOF"));
+    // speil's own series: node 1's layers came from node 0, and the missing tag had no peer.
+    let exported = series(&text);
+    assert!(
+        exported["speil_served_bytes_total"]
+            .iter()
+            .any(|s| s.get("source").map(String::as_str) == Some("peer")),
+        "{text}"
+    );
+    assert!(
+        exported["speil_not_found_total"]
+            .iter()
+            .any(|s| s.get("reason").map(String::as_str) == Some("no_peer")),
+        "{text}"
+    );
     Ok(())
 }
 

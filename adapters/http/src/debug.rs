@@ -114,6 +114,11 @@ impl<R: Runtime> Inner<R> {
         }
         let path = uri.path();
         if path == "/metrics" {
+            let peers = self.shared.peers().len();
+            self.shared
+                .metrics
+                .peers
+                .set(i64::try_from(peers).unwrap_or(i64::MAX));
             return respond(
                 StatusCode::OK,
                 crate::metrics::PROMETHEUS_TEXT,

@@ -592,7 +592,14 @@ where
                 self.reply(request, Decision::ServeLocal);
                 self.requests.remove(&request);
             }
-            Output::Fail { request, error } => {
+            Output::Fail {
+                request,
+                error,
+                reason,
+            } => {
+                if error.status == http::StatusCode::NOT_FOUND {
+                    self.shared.metrics.not_found(reason);
+                }
                 if let Some(state) = self.requests.get(&request)
                     && state.mirroring
                 {
@@ -622,6 +629,7 @@ where
             }
             Output::Serve { request, fetch } => self.serve(request, fetch),
             Output::Continue { request, fetch } => {
+                self.shared.metrics.peer_resumes.inc();
                 let response = self.responded.remove(&fetch);
                 if let (Some(r), Some(state)) = (&response, self.requests.get(&request)) {
                     tracing::info!(

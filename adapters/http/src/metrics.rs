@@ -53,6 +53,20 @@ pub struct HandlerLabel {
     pub handler: String,
 }
 
+/// Label `{reason}` of `speil_not_found_total` (a [`speil_core::FailReason`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// The reason.
+    pub reason: String,
+}
+
+/// Label `{source}` of `speil_served_bytes_total`: `local` or `peer`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    /// Where the bytes came from.
+    pub source: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Prometheus' default buckets (Go client `prometheus.DefBuckets`), which Spegel's
@@ -98,6 +112,14 @@ pub struct Metrics {
     pub http_size: HistogramFamily<HttpLabels>,
     /// `http_requests_inflight{handler}`.
     pub http_inflight: Family<HandlerLabel, Gauge>,
+    /// `speil_not_found_total{reason}` (speil's own).
+    pub not_found: Family<ReasonLabel, Counter>,
+    /// `speil_served_bytes_total{source}` (speil's own).
+    pub served_bytes: Family<SourceLabel, Counter>,
+    /// `speil_peer_resumes_total` (speil's own).
+    pub peer_resumes: Counter,
+    /// `speil_peers` (speil's own), set when the metrics are read.
+    pub peers: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -126,6 +148,10 @@ impl Metrics {
             http_duration: Family::new_with_constructor(duration_histogram),
             http_size: Family::new_with_constructor(size_histogram),
             http_inflight: Family::default(),
+            not_found: Family::default(),
+            served_bytes: Family::default(),
+            peer_resumes: Counter::default(),
+            peers: Gauge::default(),
         };
         // prometheus-client appends `_total` to counters itself.
         registry.register(
@@ -173,6 +199,26 @@ impl Metrics {
             "The number of inflight requests being handled at the same time",
             m.http_inflight.clone(),
         );
+        registry.register(
+            "speil_not_found",
+            "Content requests answered 404, by why (not_mirrored, filtered, not_present, no_peer, all_attempts_failed)",
+            m.not_found.clone(),
+        );
+        registry.register(
+            "speil_served_bytes",
+            "Body bytes of successful content responses, by where they came from (local, peer)",
+            m.served_bytes.clone(),
+        );
+        registry.register(
+            "speil_peer_resumes",
+            "Relayed responses continued from another peer after the first one stopped",
+            m.peer_resumes.clone(),
+        );
+        registry.register(
+            "speil_peers",
+            "Peers this node's router knows",
+            m.peers.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -187,6 +233,24 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         openmetrics_to_prometheus_text(&out)
+    }
+
+    /// Counts a 404 answer by its reason.
+    pub fn not_found(&self, reason: speil_core::FailReason) {
+        self.not_found
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts `bytes` of a successful content response served from `source`.
+    pub fn served(&self, source: &str, bytes: u64) {
+        self.served_bytes
+            .get_or_create(&SourceLabel {
+                source: source.to_owned(),
+            })
+            .inc_by(bytes);
     }
 
     /// Counts a mirrored request of `registry` as a hit or a miss.

@@ -122,6 +122,7 @@ impl RegistryService {
                 status: None,
                 size: 0,
                 region: None,
+                source: None,
             };
             let result = inner.route(&parts.method, &parts.uri, &parts.headers).await;
             match result {
@@ -130,6 +131,7 @@ impl RegistryService {
                     guard.status = Some(response.status());
                     // Bytes of a file region the connection sends itself count too.
                     guard.region = response.extensions().get::<body::FileRegion>().cloned();
+                    guard.source = response.extensions().get::<ServedFrom>().map(|s| s.0);
                     let (p, b) = response.into_parts();
                     Ok(Response::from_parts(
                         p,
@@ -279,15 +281,28 @@ impl Inner {
         }
         match decision {
             Decision::ServeLocal => match local {
-                Some(digest) => Ok(self.serve_local(&req, &digest).await),
+                Some(digest) => {
+                    let mut r = self.serve_local(&req, &digest).await;
+                    r.extensions_mut().insert(ServedFrom("local"));
+                    Ok(r)
+                }
                 // The node serves locally only what the store holds.
-                None => Ok(error_response(
-                    &not_found(&req, "not present on this node"),
-                    head,
-                )),
+                None => {
+                    self.driver
+                        .shared()
+                        .metrics
+                        .not_found(speil_core::FailReason::NotPresent);
+                    Ok(error_response(
+                        &not_found(&req, "not present on this node"),
+                        head,
+                    ))
+                }
             },
             Decision::Fail(e) => Ok(error_response(&e, head)),
-            Decision::Relay(r) => Ok(r),
+            Decision::Relay(mut r) => {
+                r.extensions_mut().insert(ServedFrom("peer"));
+                Ok(r)
+            }
             Decision::Abort => Err("no peer could complete the response".into()),
         }
     }
@@ -439,8 +454,14 @@ fn not_found(req: &ContentRequest, reason: &str) -> OciError {
     }
 }
 
+/// Where a content response's body comes from (`local`, `peer`), for
+/// `speil_served_bytes_total`.
+#[derive(Debug, Clone, Copy)]
+struct ServedFrom(&'static str);
+
 /// Records a response's duration and size when its body is done (or dropped).
 struct Measure {
+    source: Option<&'static str>,
     metrics: Arc<crate::metrics::Metrics>,
     handler: &'static str,
     method: Method,
@@ -472,6 +493,11 @@ impl Drop for Measure {
             .observe(self.started.elapsed().as_secs_f64());
         let size = self.size + self.region.as_ref().map_or(0, body::FileRegion::sent);
         m.http_size.get_or_create(&labels).observe(size as f64);
+        if let (Some(source), Some(status)) = (self.source, self.status)
+            && status.is_success()
+        {
+            m.served(source, size);
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod http;
 pub mod images;
+pub mod netns;
 pub mod registry;
 pub mod speil;
 

@@ -300,7 +300,11 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     tracing::info!(
         peer_id = %peer_id,
         registry = %registry_local,
-        router = ?router_addrs,
+        router = %router_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
         "speil registry started"
     );
 

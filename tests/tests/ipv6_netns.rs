@@ -118,3 +118,30 @@ async fn dual_stack_cluster_pulls_from_peers() -> Result<()> {
     pulls_from_peers_with_the_upstream_stopped(&mut c).await?;
     Ok(())
 }
+
+/// Three IPv6-only nodes joined over the dns bootstrap: the name has AAAA records only, so
+/// the peers dialled are IPv6 addresses from the system resolver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_only_cluster_joins_over_dns() -> Result<()> {
+    if !require_netns() {
+        return Ok(());
+    }
+    let c = NsCluster::start("c", Stack::Ipv6Only, Join::Dns, 3, Generation::V2_3)?;
+    for i in 0..3 {
+        // Connections to the later nodes may still be under way: poll.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let peers = peer_addrs(&c, i)?;
+            let known = peers.matches("/ip6/2001:db8::").count();
+            if known == 2 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {i} does not know both other nodes by IPv6: {peers}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    Ok(())
+}

@@ -68,7 +68,12 @@ async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
         .map_err(|e| usage(format!("{flag}: cannot resolve the address: {e}")))?;
     let mut last = None;
     for a in candidates {
-        match TcpListener::bind(a).await {
+        let bound = if a.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+            bind_dual_stack(a)
+        } else {
+            TcpListener::bind(a).await
+        };
+        match bound {
             Ok(l) => return Ok(l),
             Err(e) => last = Some((a, e)),
         }
@@ -79,6 +84,19 @@ async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
         )),
         None => usage(format!("{flag}: no address to listen on")),
     })
+}
+
+/// Binds `[::]:port` for both families: `IPV6_V6ONLY` off whatever `net.ipv6.bindv6only`
+/// says, so IPv4 clients arrive as IPv4-mapped addresses on the same socket.
+fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// The router's listen addresses: `:PORT` and `[::]:PORT` are both families (libp2p has one
@@ -609,6 +627,23 @@ mod tests {
             router_addrs("--router-addr", &v6).ok().unwrap(),
             vec!["[2001:db8::11]:5001".parse::<SocketAddr>().unwrap()]
         );
+    }
+
+    #[tokio::test]
+    async fn an_unspecified_host_binds_one_socket_for_both_families() {
+        let l = bind("--x", &crate::cli::parse_listen_addr(":0").unwrap())
+            .await
+            .ok()
+            .unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(l.local_addr().unwrap().ip().is_unspecified());
+        for peer in ["127.0.0.1", "::1"] {
+            let ip: IpAddr = peer.parse().unwrap();
+            let connect = tokio::net::TcpStream::connect((ip, port));
+            let (c, a) = tokio::join!(connect, l.accept());
+            c.unwrap();
+            a.unwrap();
+        }
     }
 
     #[test]

@@ -849,6 +849,130 @@ mod tests {
         );
     }
 
+    /// A connection that answers `answer` and records what was written to it.
+    struct Canned {
+        answer: futures::io::Cursor<Vec<u8>>,
+        written: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Canned {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.answer).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Canned {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.written.lock().unwrap().extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Refuses every address but `reachable`, where it answers `body`; records the addresses
+    /// tried and the bytes sent.
+    struct FakeConnector {
+        reachable: SocketAddr,
+        body: String,
+        tried: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+        written: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Connector for FakeConnector {
+        fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn ByteStream>>> {
+            self.tried.lock().unwrap().push(addr);
+            let result: io::Result<Box<dyn ByteStream>> = if addr == self.reachable {
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                    self.body.len(),
+                    self.body
+                );
+                Ok(Box::new(Canned {
+                    answer: futures::io::Cursor::new(answer.into_bytes()),
+                    written: self.written.clone(),
+                }))
+            } else {
+                Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+            };
+            futures::future::ready(result).boxed()
+        }
+    }
+
+    #[test]
+    fn http_bootstrap_tries_every_address_and_brackets_the_host() {
+        let peer = PeerId::random();
+        let addrs: Vec<Multiaddr> = vec!["/ip6/2001:db8::11/tcp/5001".parse().unwrap()];
+        let tried = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connector = FakeConnector {
+            reachable: "[2001:db8::11]:5002".parse().unwrap(),
+            body: render_id(&peer, &addrs),
+            tried: tried.clone(),
+            written: written.clone(),
+        };
+        // A dual-stack name whose IPv4 address does not answer.
+        let hosts =
+            HostsResolver::parse("10.0.0.11 node0.test\n2001:db8::11 node0.test\n").unwrap();
+        let http = HttpBootstrap::new(
+            "http://node0.test:5002/id",
+            Arc::new(hosts),
+            Arc::new(connector),
+        )
+        .unwrap();
+        let got = futures::executor::block_on(http.peers()).unwrap();
+        assert_eq!(got, vec![BootstrapPeer::Known { peer, addrs }]);
+        assert_eq!(
+            *tried.lock().unwrap(),
+            vec![
+                "10.0.0.11:5002".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::11]:5002".parse().unwrap()
+            ]
+        );
+        let sent = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(sent.contains("\r\nHost: node0.test:5002\r\n"), "{sent}");
+
+        // An IPv6 literal, unbracketed as a chart renders it: the Host header is bracketed.
+        written.lock().unwrap().clear();
+        let connector = FakeConnector {
+            reachable: "[2001:db8::11]:5002".parse().unwrap(),
+            body: render_id(
+                &PeerId::random(),
+                &["/ip6/2001:db8::11/tcp/5001".parse().unwrap()],
+            ),
+            tried: Arc::new(std::sync::Mutex::new(Vec::new())),
+            written: written.clone(),
+        };
+        let http = HttpBootstrap::new(
+            "http://2001:db8::11:5002/id",
+            Arc::new(HostsResolver::new()),
+            Arc::new(connector),
+        )
+        .unwrap();
+        futures::executor::block_on(http.peers()).unwrap();
+        let sent = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(sent.starts_with("GET /id HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.contains("\r\nHost: [2001:db8::11]:5002\r\n"), "{sent}");
+    }
+
     #[test]
     fn id_answer_with_ipv6_addresses() {
         let peer = PeerId::random();

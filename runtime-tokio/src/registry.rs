@@ -74,7 +74,18 @@ async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
             TcpListener::bind(a).await
         };
         match bound {
-            Ok(l) => return Ok(l),
+            Ok(l) => {
+                if let Some((tried, e)) = &last {
+                    // `:PORT` on a host without IPv6: IPv4 alone.
+                    tracing::warn!(
+                        flag,
+                        listening = %a,
+                        error = %e,
+                        "cannot listen on {tried} (IPv6 not available?); listening on {a} only"
+                    );
+                }
+                return Ok(l);
+            }
             Err(e) => last = Some((a, e)),
         }
     }

@@ -665,11 +665,8 @@ pub async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
 
 /// `speil cleanup-wait`.
 pub async fn cleanup_wait(args: CleanupWaitArgs) -> Result<ExitCode> {
-    let host = args
-        .probe_endpoint
-        .rsplit_once(':')
-        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
-        .unwrap_or_default();
+    // `host:port` as given is the Host header (an IPv6 address stays in its brackets).
+    let host = args.probe_endpoint.clone();
     let mut streak = 0u32;
     loop {
         let addrs: BTreeSet<std::net::SocketAddr> =

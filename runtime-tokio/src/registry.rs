@@ -68,8 +68,24 @@ async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
         .map_err(|e| usage(format!("{flag}: cannot resolve the address: {e}")))?;
     let mut last = None;
     for a in candidates {
-        match TcpListener::bind(a).await {
-            Ok(l) => return Ok(l),
+        let bound = if a.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+            bind_dual_stack(a)
+        } else {
+            TcpListener::bind(a).await
+        };
+        match bound {
+            Ok(l) => {
+                if let Some((tried, e)) = &last {
+                    // `:PORT` on a host without IPv6: IPv4 alone.
+                    tracing::warn!(
+                        flag,
+                        listening = %a,
+                        error = %e,
+                        "cannot listen on {tried} (IPv6 not available?); listening on {a} only"
+                    );
+                }
+                return Ok(l);
+            }
             Err(e) => last = Some((a, e)),
         }
     }
@@ -81,17 +97,32 @@ async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
     })
 }
 
-fn first_addr(flag: &str, addr: &ListenAddr) -> Result<SocketAddr, Fatal> {
+/// Binds `[::]:port` for both families: `IPV6_V6ONLY` off whatever `net.ipv6.bindv6only`
+/// says, so IPv4 clients arrive as IPv4-mapped addresses on the same socket.
+fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The router's listen addresses: `:PORT` and `[::]:PORT` are both families (libp2p has one
+/// listener per family), `0.0.0.0:PORT` IPv4 only, an IP that IP, a name its first address.
+fn router_addrs(flag: &str, addr: &ListenAddr) -> Result<Vec<SocketAddr>, Fatal> {
     let candidates = addr
         .candidates()
         .map_err(|e| usage(format!("{flag}: cannot resolve the address: {e}")))?;
-    // Prefer IPv4 for an unspecified host (`:5001`), as the libp2p TCP listener does.
-    candidates
-        .iter()
-        .find(|a| a.is_ipv4())
-        .or(candidates.first())
-        .copied()
-        .ok_or_else(|| usage(format!("{flag}: no address")))
+    let first = *candidates
+        .first()
+        .ok_or_else(|| usage(format!("{flag}: no address")))?;
+    Ok(match first.ip() {
+        IpAddr::V6(ip) if ip.is_unspecified() => speil_p2p::dual_stack(first.port()),
+        _ => vec![first],
+    })
 }
 
 async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
@@ -106,7 +137,8 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     if args.mirror_resolve_retries == 0 {
         return Err(usage("--mirror-resolve-retries: must be at least 1"));
     }
-    let router_addr = first_addr("--router-addr", &args.router_addr)?;
+    let router_addrs = router_addrs("--router-addr", &args.router_addr)?;
+    let router_port = router_addrs[0].port();
     let registry_port = args.registry_addr.port;
     let bootstrap: Arc<dyn Bootstrap> = match args.bootstrap_kind {
         BootstrapKind::Static => {
@@ -132,14 +164,13 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
             };
             // The node's own IPs are left out of the three dialled (the headless Service lists
             // this node too); a name that resolves only to them is a one-node cluster.
-            let own: Vec<IpAddr> = if router_addr.ip().is_unspecified() {
+            let own: Vec<IpAddr> = if router_addrs.iter().any(|a| a.ip().is_unspecified()) {
                 local_ips()
             } else {
-                vec![router_addr.ip()]
+                router_addrs.iter().map(SocketAddr::ip).collect()
             };
             Arc::new(
-                DnsBootstrap::new(domain, router_addr.port(), Arc::new(SystemResolver))
-                    .excluding(&own),
+                DnsBootstrap::new(domain, router_port, Arc::new(SystemResolver)).excluding(&own),
             )
         }
         BootstrapKind::Http => {
@@ -210,7 +241,8 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         speil_p2p::identity::load_or_generate(Path::new(&args.data_dir))
             .map_err(|e| failure(format!("--data-dir: {e}")))?
     };
-    let mut p2p = speil_p2p::Config::new(keypair, router_addr);
+    let mut p2p = speil_p2p::Config::new(keypair, router_addrs[0]);
+    p2p.listen = router_addrs.clone();
     p2p.bootstrap = Some(bootstrap);
     if let Some(path) = &args.libp2p_psk_file {
         p2p.psk = Some(
@@ -222,10 +254,10 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         speil_p2p::tokio_rt::start(p2p).map_err(|e| failure(format!("--router-addr: {e}")))?;
     let peer_id = handle.local_peer_id();
     if let Some(addr) = &args.http_bootstrap_addr {
-        let a = first_addr("--http-bootstrap-addr", addr)?;
-        speil_p2p::tokio_rt::serve_id(a, handle.clone())
-            .await
-            .map_err(|e| failure(format!("--http-bootstrap-addr: cannot listen on {a}: {e}")))?;
+        // Bound as the registry is: `:PORT` on `[::]`, both families.
+        let listener = bind("--http-bootstrap-addr", addr).await?;
+        speil_p2p::tokio_rt::serve_id_on(listener, handle.clone())
+            .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
     }
 
     // Listeners before anything is announced, so that a taken port fails the start.
@@ -273,10 +305,15 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     let credentials = server_config.credentials.clone();
     let registry = RegistryService::new(driver_handle, source.clone(), server_config);
     let shared = registry.shared().clone();
-    let debug_registry = if registry_local.ip().is_unspecified() {
-        SocketAddr::from(([127, 0, 0, 1], registry_local.port()))
-    } else {
-        registry_local
+    // The measure action reaches the registry over loopback of the family it listens on.
+    let debug_registry = match registry_local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, registry_local.port()))
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, registry_local.port()))
+        }
+        _ => registry_local,
     };
     let metrics_service = speil_http::debug::MetricsService::new(
         shared.clone(),
@@ -292,7 +329,11 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     tracing::info!(
         peer_id = %peer_id,
         registry = %registry_local,
-        router = %router_addr,
+        router = %router_addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" "),
         "speil registry started"
     );
 
@@ -572,6 +613,49 @@ impl Router<PeerId> for P2pRouter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn router_listens_on_both_families_for_an_unspecified_host() {
+        let both = router_addrs(
+            "--router-addr",
+            &crate::cli::parse_listen_addr(":5001").unwrap(),
+        )
+        .ok()
+        .unwrap();
+        assert_eq!(both, speil_p2p::dual_stack(5001));
+        let v6_any = crate::cli::parse_listen_addr("[::]:5001").unwrap();
+        assert_eq!(
+            router_addrs("--router-addr", &v6_any).ok().unwrap(),
+            speil_p2p::dual_stack(5001)
+        );
+        let v4_any = crate::cli::parse_listen_addr("0.0.0.0:5001").unwrap();
+        assert_eq!(
+            router_addrs("--router-addr", &v4_any).ok().unwrap(),
+            vec!["0.0.0.0:5001".parse::<SocketAddr>().unwrap()]
+        );
+        let v6 = crate::cli::parse_listen_addr("[2001:db8::11]:5001").unwrap();
+        assert_eq!(
+            router_addrs("--router-addr", &v6).ok().unwrap(),
+            vec!["[2001:db8::11]:5001".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unspecified_host_binds_one_socket_for_both_families() {
+        let l = bind("--x", &crate::cli::parse_listen_addr(":0").unwrap())
+            .await
+            .ok()
+            .unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(l.local_addr().unwrap().ip().is_unspecified());
+        for peer in ["127.0.0.1", "::1"] {
+            let ip: IpAddr = peer.parse().unwrap();
+            let connect = tokio::net::TcpStream::connect((ip, port));
+            let (c, a) = tokio::join!(connect, l.accept());
+            c.unwrap();
+            a.unwrap();
+        }
+    }
 
     #[test]
     fn local_ips_include_loopback() {

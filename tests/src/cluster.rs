@@ -1,7 +1,7 @@
 //! A harness with a `speil registry` on every node and containerd pointed at it through the
 //! `hosts.toml` that `speil configuration` writes — the shape of a real cluster.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 
 use crate::images::TestImage;
 use crate::speil::{self, Ports, Speil};
-use crate::{Generation, Harness, Node, http};
+use crate::{Generation, Harness, Node};
 
 /// Which containerd generations a cluster's nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ impl Cluster {
         let nodes = generations.len();
         let h = Harness::start_generations(generations)?;
         let ports = Ports::for_block(h.block.index());
-        let first: Ipv4Addr = h.nodes[0].address;
+        let first: IpAddr = h.nodes[0].address;
         let mut speils = Vec::new();
         for node in &h.nodes {
             let s = Speil::start(node, ports, first, &[])?;
@@ -107,7 +107,7 @@ pub fn wait_findable(s: &Speil, image: &TestImage, registry: &str, within: Durat
     );
     let deadline = Instant::now() + within;
     loop {
-        let r = http::request(s.registry_addr(), "HEAD", &path, &[])?;
+        let r = s.request("HEAD", &path, &[])?;
         if r.status == 200 {
             return Ok(());
         }

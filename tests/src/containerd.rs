@@ -1,6 +1,6 @@
 //! A containerd daemon as one simulated node.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -82,10 +82,12 @@ pub fn shared_dir() -> PathBuf {
 pub struct Node {
     /// The node's number in its harness.
     pub index: usize,
-    /// The node's loopback address.
-    pub address: Ipv4Addr,
+    /// The node's address (a loopback address, or its address in its namespace).
+    pub address: IpAddr,
     /// Which containerd runs on this node.
     pub generation: Generation,
+    /// The network namespace its processes run in (`None`: this one).
+    pub netns: Option<String>,
     dir: PathBuf,
     binary: PathBuf,
     child: Option<Child>,
@@ -93,7 +95,7 @@ pub struct Node {
 
 /// The configuration a node's containerd starts with: its own root, state, sockets and
 /// `config_path` (`certs.d`), in the generation's config version and plugin keys.
-pub fn config_toml(dir: &Path, address: Ipv4Addr, generation: Generation) -> String {
+pub fn config_toml(dir: &Path, address: IpAddr, generation: Generation) -> String {
     let d = dir.display();
     let (version, cri) = if generation.is_v2() {
         (
@@ -164,7 +166,7 @@ disabled_plugins = [
 impl Node {
     /// Writes the node's configuration under `dir` and starts containerd. Call
     /// [`Node::wait_ready`] next.
-    pub fn spawn(dir: &Path, index: usize, address: Ipv4Addr) -> Result<Node> {
+    pub fn spawn(dir: &Path, index: usize, address: impl Into<IpAddr>) -> Result<Node> {
         Node::spawn_generation(dir, index, address, Generation::V1_6)
     }
 
@@ -172,8 +174,20 @@ impl Node {
     pub fn spawn_generation(
         dir: &Path,
         index: usize,
-        address: Ipv4Addr,
+        address: impl Into<IpAddr>,
         generation: Generation,
+    ) -> Result<Node> {
+        Node::spawn_in(dir, index, address.into(), generation, None)
+    }
+
+    /// [`Node::spawn_generation`] with containerd running inside network namespace `netns`
+    /// (see [`crate::netns`]); its socket is still a file the test reaches.
+    pub fn spawn_in(
+        dir: &Path,
+        index: usize,
+        address: IpAddr,
+        generation: Generation,
+        netns: Option<&str>,
     ) -> Result<Node> {
         let binary = generation.binary()?;
         for sub in ["root", "state", "opt", "cni/bin", "cni/conf", "certs.d"] {
@@ -188,6 +202,7 @@ impl Node {
             index,
             address,
             generation,
+            netns: netns.map(str::to_owned),
             dir: dir.to_path_buf(),
             binary,
             child: None,
@@ -202,7 +217,7 @@ impl Node {
             .create(true)
             .append(true)
             .open(self.dir.join("containerd.log"))?;
-        let child = Command::new(&self.binary)
+        let child = crate::netns::command(self.netns.as_deref(), &self.binary)
             .arg("--config")
             .arg(self.dir.join("config.toml"))
             .stdin(Stdio::null())

@@ -6,6 +6,9 @@
 //! them with `skopeo`. Everything started is stopped by PID on drop, also when a test panics,
 //! and mounts containerd left under a node's root are unmounted.
 //!
+//! [`netns`] builds the same kind of cluster inside network namespaces (IPv6-only and
+//! dual-stack networks that never leave the machine).
+//!
 //! Tests call [`require_components`] first: when a component is missing the test is skipped
 //! with a loud message, or fails when `CI=true`.
 #![warn(missing_docs)]
@@ -15,6 +18,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod http;
 pub mod images;
+pub mod netns;
 pub mod pod;
 pub mod registry;
 pub mod speil;

@@ -2,7 +2,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -13,6 +13,10 @@ use crate::images::TestImage;
 /// A running registry, stopped on drop.
 pub struct Registry {
     addr: SocketAddr,
+    /// The name image references use, when not the address (`registry.test:5000`).
+    name: Option<String>,
+    /// The network namespace it runs in (`None`: this one).
+    netns: Option<String>,
     dir: PathBuf,
     child: Option<Child>,
 }
@@ -25,19 +29,49 @@ fn free_port(ip: Ipv4Addr) -> Result<u16> {
 impl Registry {
     /// Starts a registry storing into `dir` (created). Call [`Registry::wait_ready`] next.
     pub fn spawn(dir: &Path) -> Result<Registry> {
-        std::fs::create_dir_all(dir.join("storage"))?;
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port(Ipv4Addr::LOCALHOST)?));
+        Registry::spawn_at(dir, addr, addr.to_string(), None, None)
+    }
+
+    /// Starts a registry inside network namespace `netns`, listening on `listen` (e.g.
+    /// `:5000`, all interfaces of both families), reached by the test at `addr` and named
+    /// `name` (`host:port`, resolved through the namespaces' hosts files) in image references.
+    /// Call [`Registry::wait_ready`] next.
+    pub fn spawn_in(
+        dir: &Path,
+        netns: &str,
+        listen: &str,
+        addr: SocketAddr,
+        name: &str,
+    ) -> Result<Registry> {
+        Registry::spawn_at(
+            dir,
+            addr,
+            listen.to_owned(),
+            Some(name.to_owned()),
+            Some(netns.to_owned()),
+        )
+    }
+
+    fn spawn_at(
+        dir: &Path,
+        addr: SocketAddr,
+        listen: String,
+        name: Option<String>,
+        netns: Option<String>,
+    ) -> Result<Registry> {
+        std::fs::create_dir_all(dir.join("storage"))?;
         let config = format!(
             "version: 0.1\n\
              log:\n  level: error\n  accesslog:\n    disabled: true\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
-             http:\n  addr: {addr}\n",
+             http:\n  addr: \"{listen}\"\n",
             dir.join("storage").display()
         );
         let config_path = dir.join("config.yml");
         std::fs::write(&config_path, config)?;
         let log = std::fs::File::create(dir.join("registry.log"))?;
-        let child = Command::new("docker-registry")
+        let child = crate::netns::command(netns.as_deref(), "docker-registry")
             .arg("serve")
             .arg(&config_path)
             .stdin(Stdio::null())
@@ -47,6 +81,8 @@ impl Registry {
             .context("starting docker-registry")?;
         Ok(Registry {
             addr,
+            name,
+            netns,
             dir: dir.to_path_buf(),
             child: Some(child),
         })
@@ -80,7 +116,7 @@ impl Registry {
             {
                 bail!("docker-registry exited with {status}: {}", self.log());
             }
-            if let Ok(resp) = http::request(self.addr, "GET", "/v2/", &[])
+            if let Ok(resp) = self.request("GET", "/v2/", &[])
                 && resp.status == 200
             {
                 return Ok(());
@@ -105,9 +141,19 @@ impl Registry {
         self.addr
     }
 
-    /// The registry host as image references spell it, `127.0.0.1:<port>`.
+    /// The registry host as image references spell it, `127.0.0.1:<port>` (or its name).
     pub fn host(&self) -> String {
-        self.addr.to_string()
+        self.name.clone().unwrap_or_else(|| self.addr.to_string())
+    }
+
+    /// An HTTP request to the registry (from inside its namespace when it has one).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Response> {
+        crate::netns::request(self.netns.as_deref(), self.addr, method, path, headers)
     }
 
     /// The registry process's PID while it runs.
@@ -117,7 +163,7 @@ impl Registry {
 
     /// Pushes a test image (all platforms) with `skopeo`, preserving digests.
     pub fn push(&self, image: &TestImage) -> Result<()> {
-        let out = Command::new("skopeo")
+        let out = crate::netns::command(self.netns.as_deref(), "skopeo")
             .args([
                 "--insecure-policy",
                 "copy",
@@ -149,12 +195,7 @@ impl Registry {
     /// The bytes the registry serves for a blob or, when the registry keeps it as a
     /// manifest (distribution does not serve manifests under `/blobs/`), for that manifest.
     pub fn blob(&self, repository: &str, digest: &speil_core::Digest) -> Result<Vec<u8>> {
-        let resp = http::request(
-            self.addr,
-            "GET",
-            &format!("/v2/{repository}/blobs/{digest}"),
-            &[],
-        )?;
+        let resp = self.request("GET", &format!("/v2/{repository}/blobs/{digest}"), &[])?;
         if resp.status == 200 {
             return Ok(resp.body);
         }
@@ -162,8 +203,7 @@ impl Registry {
                       application/vnd.oci.image.index.v1+json, \
                       application/vnd.docker.distribution.manifest.v2+json, \
                       application/vnd.docker.distribution.manifest.list.v2+json";
-        let resp = http::request(
-            self.addr,
+        let resp = self.request(
             "GET",
             &format!("/v2/{repository}/manifests/{digest}"),
             &[("Accept", accept)],

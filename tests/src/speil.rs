@@ -1,6 +1,6 @@
 //! A `speil registry` process for one harness node, stopped by PID on drop.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -60,9 +60,11 @@ impl Ports {
 /// A running `speil registry`.
 pub struct Speil {
     /// The node's address.
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     /// The ports.
     pub ports: Ports,
+    /// The network namespace it runs in (its node's; `None`: this one).
+    pub netns: Option<String>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -73,19 +75,36 @@ impl Speil {
     pub fn start(
         node: &Node,
         ports: Ports,
-        bootstrap_from: Ipv4Addr,
+        bootstrap_from: impl Into<IpAddr>,
         extra: &[String],
     ) -> Result<Speil> {
+        let a = node.address;
+        let at = |port: u16| SocketAddr::new(a, port);
+        let mut flags = vec![
+            format!("--registry-addr={}", at(ports.registry)),
+            format!("--router-addr={}", at(ports.router)),
+            format!("--metrics-addr={}", at(ports.metrics)),
+            "--bootstrap-kind=http".to_owned(),
+            format!("--http-bootstrap-addr={}", at(ports.bootstrap)),
+            format!(
+                "--http-bootstrap-url=http://{}/id",
+                SocketAddr::new(bootstrap_from.into(), ports.bootstrap)
+            ),
+        ];
+        flags.extend_from_slice(extra);
+        Speil::start_with(node, ports, &flags)
+    }
+
+    /// Starts `speil registry` for `node` (in its namespace, if it has one) with the listen
+    /// and bootstrap `flags` given; the containerd, data-dir and log flags are added. `ports`
+    /// are the ports those flags listen on (the test reaches them at the node's address).
+    pub fn start_with(node: &Node, ports: Ports, flags: &[String]) -> Result<Speil> {
         let dir = node.dir().join("speil");
         std::fs::create_dir_all(&dir)?;
         let log = dir.join("speil.log");
         let out = std::fs::File::create(&log)?;
-        let a = node.address;
-        let mut cmd = Command::new(binary()?);
+        let mut cmd = crate::netns::command(node.netns.as_deref(), binary()?);
         cmd.arg("registry")
-            .arg(format!("--registry-addr={a}:{}", ports.registry))
-            .arg(format!("--router-addr={a}:{}", ports.router))
-            .arg(format!("--metrics-addr={a}:{}", ports.metrics))
             .arg(format!("--containerd-sock={}", node.socket().display()))
             .arg(format!(
                 "--containerd-content-path={}",
@@ -96,25 +115,36 @@ impl Speil {
                 node.certs_dir().display()
             ))
             .arg(format!("--data-dir={}", dir.display()))
-            .arg("--bootstrap-kind=http")
-            .arg(format!("--http-bootstrap-addr={a}:{}", ports.bootstrap))
-            .arg(format!(
-                "--http-bootstrap-url=http://{bootstrap_from}:{}/id",
-                ports.bootstrap
-            ))
             .arg("--log-level=INFO")
-            .args(extra)
+            .args(flags)
             .env_remove("REGISTRY_ADDR")
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
         let child = cmd.spawn().context("starting speil")?;
         Ok(Speil {
-            address: a,
+            address: node.address,
             ports,
+            netns: node.netns.clone(),
             log,
             child: Some(child),
         })
+    }
+
+    /// An HTTP request to this speil's registry port (from inside its namespace, if any).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<http::Response> {
+        crate::netns::request(
+            self.netns.as_deref(),
+            self.registry_addr(),
+            method,
+            path,
+            headers,
+        )
     }
 
     /// The registry address (`<node>:<registry port>`).
@@ -155,7 +185,7 @@ impl Speil {
                     self.log_tail()
                 );
             }
-            if let Ok(r) = http::request(self.registry_addr(), "GET", path, &[])
+            if let Ok(r) = self.request("GET", path, &[])
                 && r.status == 200
             {
                 return Ok(());
@@ -173,8 +203,23 @@ impl Speil {
 
     /// The text of `/metrics`.
     pub fn metrics(&self) -> Result<String> {
-        let body = http::get_ok(self.metrics_addr(), "/metrics")?;
+        let body = self.get_metrics_port("/metrics")?;
         Ok(String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// `GET path` on the metrics port (`/metrics`, `/debug/web/…`), failing unless 200.
+    pub fn get_metrics_port(&self, path: &str) -> Result<Vec<u8>> {
+        let r =
+            crate::netns::request(self.netns.as_deref(), self.metrics_addr(), "GET", path, &[])?;
+        if r.status != 200 {
+            bail!(
+                "GET {path} on {}: status {}: {}",
+                self.metrics_addr(),
+                r.status,
+                String::from_utf8_lossy(&r.body)
+            );
+        }
+        Ok(r.body)
     }
 
     /// The value of the metric line starting with `prefix` (name and labels), or 0.

@@ -149,6 +149,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn peer_requests_to_ipv6_peers_have_a_bracketed_host() {
+        let parsed = speil_core::request::parse_request(
+            &http::Method::GET,
+            "/v2/library/x/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000?ns=registry.test%3A5000",
+            &HeaderMap::new(),
+        )
+        .unwrap();
+        let speil_core::request::RegistryRequest::Content(req) = parsed else {
+            panic!("not a content request: {parsed:?}");
+        };
+        let addr: SocketAddr = "[2001:db8::12]:5000".parse().unwrap();
+        let r = peer_request(&req, addr, None, None).unwrap();
+        assert_eq!(r.headers()[header::HOST], "[2001:db8::12]:5000");
+        let v4: SocketAddr = "10.0.0.12:5000".parse().unwrap();
+        let r = peer_request(&req, v4, None, None).unwrap();
+        assert_eq!(r.headers()[header::HOST], "10.0.0.12:5000");
+    }
+
+    #[test]
     fn content_range_parsing() {
         assert_eq!(
             parse_content_range("bytes 0-9/10"),

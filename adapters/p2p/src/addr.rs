@@ -1,6 +1,6 @@
 //! Multiaddr helpers: IPs, peer ids, what may be advertised.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
@@ -38,14 +38,41 @@ pub fn tcp_multiaddr(addr: SocketAddr) -> Multiaddr {
     Multiaddr::empty().with(ip).with(Protocol::Tcp(addr.port()))
 }
 
-/// Whether a listen address may be advertised to other nodes: never an unspecified IP, and
-/// loopback only when the node was told to listen on a specific IP (then it is advertised as
-/// listened, which is what a one-machine test cluster on 127.0.0.x needs).
-pub fn is_advertisable(addr: &Multiaddr, drop_loopback: bool) -> bool {
-    match ip_of(addr) {
-        Some(ip) => !(ip.is_unspecified() || (drop_loopback && ip.is_loopback())),
-        None => false,
+/// Every interface of both families on `port`: `0.0.0.0:port` and `[::]:port`, what an
+/// unspecified listen address (`:5001`) means. With port 0 each family gets its own port.
+pub fn dual_stack(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+    ]
+}
+
+/// Whether a listen address may be advertised to other nodes. `wildcard` says whether it was
+/// reported by a listener on an unspecified IP (one address per interface). Never an
+/// unspecified IP; from a wildcard listener never loopback nor link-local (`fe80::/10` needs
+/// an interface to be dialled, `169.254.0.0/16` is node-local, e.g. a node-local DNS cache).
+/// A specific listen IP is advertised as listened, even loopback, which is what a one-machine
+/// test cluster on 127.0.0.x needs.
+pub fn is_advertisable(addr: &Multiaddr, wildcard: bool) -> bool {
+    let Some(ip) = ip_of(addr) else {
+        return false;
+    };
+    if ip.is_unspecified() {
+        return false;
     }
+    if !wildcard {
+        return true;
+    }
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_unicast_link_local(),
+    };
+    !(ip.is_loopback() || link_local || ip.to_canonical().is_loopback())
+}
+
+/// `ip:port` as a URL authority or `Host` header writes it: an IPv6 address in brackets.
+pub fn host_port(ip: IpAddr, port: u16) -> String {
+    SocketAddr::new(ip, port).to_string()
 }
 
 /// The distinct IPs of a remote peer's addresses. Loopback IPs are left out when the peer also
@@ -53,6 +80,7 @@ pub fn is_advertisable(addr: &Multiaddr, drop_loopback: bool) -> bool {
 pub(crate) fn provider_ips(addrs: &[Multiaddr]) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = Vec::new();
     for ip in addrs.iter().filter_map(ip_of) {
+        let ip = ip.to_canonical();
         if !ip.is_unspecified() && !ips.contains(&ip) {
             ips.push(ip);
         }
@@ -77,6 +105,42 @@ mod tests {
         assert!(is_advertisable(&pod, true));
         assert!(!is_advertisable(&any, false));
         assert!(!is_advertisable(&"/dns4/x/tcp/1".parse().unwrap(), false));
+    }
+
+    #[test]
+    fn advertisable_ipv6() {
+        let a = |s: &str| s.parse::<Multiaddr>().unwrap();
+        // From a wildcard listener: global and unique-local yes; loopback, link-local and
+        // unspecified no.
+        assert!(is_advertisable(&a("/ip6/2001:db8::11/tcp/5001"), true));
+        assert!(is_advertisable(&a("/ip6/fd00::5/tcp/5001"), true));
+        assert!(!is_advertisable(&a("/ip6/::1/tcp/5001"), true));
+        assert!(!is_advertisable(&a("/ip6/fe80::1/tcp/5001"), true));
+        assert!(!is_advertisable(&a("/ip6/::/tcp/5001"), true));
+        assert!(!is_advertisable(&a("/ip4/169.254.20.10/tcp/5001"), true));
+        assert!(!is_advertisable(&a("/ip6/::ffff:127.0.0.1/tcp/5001"), true));
+        // Listened on explicitly: advertised as listened.
+        assert!(is_advertisable(&a("/ip6/::1/tcp/5001"), false));
+        assert!(!is_advertisable(&a("/ip6/::/tcp/5001"), false));
+    }
+
+    #[test]
+    fn dual_stack_and_brackets() {
+        let both = dual_stack(5001);
+        assert_eq!(both.len(), 2);
+        assert!(both[0].is_ipv4() && both[0].ip().is_unspecified());
+        assert!(both[1].is_ipv6() && both[1].ip().is_unspecified());
+        assert!(both.iter().all(|a| a.port() == 5001));
+        assert_eq!(
+            tcp_multiaddr(both[1]).to_string(),
+            "/ip6/::/tcp/5001",
+            "the IPv6 listener"
+        );
+        assert_eq!(
+            host_port("2001:db8::11".parse().unwrap(), 5000),
+            "[2001:db8::11]:5000"
+        );
+        assert_eq!(host_port("10.0.0.1".parse().unwrap(), 80), "10.0.0.1:80");
     }
 
     #[test]
@@ -112,5 +176,19 @@ mod tests {
             vec!["192.0.2.5".parse::<IpAddr>().unwrap()]
         );
         assert!(provider_ips(&[]).is_empty());
+        // IPv6 peers: kept as such; an IPv4-mapped address is the IPv4 address.
+        let v6 = [
+            a("/ip6/2001:db8::12/tcp/5001"),
+            a("/ip6/::ffff:10.0.0.12/tcp/5001"),
+            a("/ip4/10.0.0.12/tcp/5001"),
+            a("/ip6/::1/tcp/5001"),
+        ];
+        assert_eq!(
+            provider_ips(&v6),
+            vec![
+                "2001:db8::12".parse::<IpAddr>().unwrap(),
+                "10.0.0.12".parse::<IpAddr>().unwrap()
+            ]
+        );
     }
 }

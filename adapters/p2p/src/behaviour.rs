@@ -1,10 +1,11 @@
 //! The swarm's network behaviour: Kademlia (server mode) and identify, with a filter that keeps
 //! Kademlia from announcing addresses the node must not advertise.
 
+use std::collections::HashSet;
 use std::task::{Context, Poll};
 
 use libp2p::core::Endpoint;
-use libp2p::core::transport::PortUse;
+use libp2p::core::transport::{ListenerId, PortUse};
 use libp2p::kad::{self, store::MemoryStore};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
@@ -27,18 +28,19 @@ pub(crate) struct Behaviour {
 ///
 /// Kademlia puts the node's listen addresses into the provider records it hands out for itself.
 /// When the node listens on an unspecified address, the swarm reports one listen address per
-/// interface, loopback included; other nodes must never be told `127.0.0.1` (it would point
+/// interface, loopback and link-local included; other nodes must never be told `127.0.0.1` (it would point
 /// them at themselves), so those addresses are hidden from Kademlia.
 pub(crate) struct ListenFilter<B> {
     pub(crate) inner: B,
-    drop_loopback: bool,
+    /// The listeners on an unspecified IP: their loopback and link-local addresses are hidden.
+    pub(crate) wildcard: HashSet<ListenerId>,
 }
 
 impl<B> ListenFilter<B> {
-    pub(crate) fn new(inner: B, drop_loopback: bool) -> Self {
+    pub(crate) fn new(inner: B) -> Self {
         ListenFilter {
             inner,
-            drop_loopback,
+            wildcard: HashSet::new(),
         }
     }
 }
@@ -106,8 +108,10 @@ impl<B: NetworkBehaviour> NetworkBehaviour for ListenFilter<B> {
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
         match &event {
-            FromSwarm::NewListenAddr(e) if !is_advertisable(e.addr, self.drop_loopback) => {}
-            FromSwarm::ExpiredListenAddr(e) if !is_advertisable(e.addr, self.drop_loopback) => {}
+            FromSwarm::NewListenAddr(e)
+                if !is_advertisable(e.addr, self.wildcard.contains(&e.listener_id)) => {}
+            FromSwarm::ExpiredListenAddr(e)
+                if !is_advertisable(e.addr, self.wildcard.contains(&e.listener_id)) => {}
             _ => self.inner.on_swarm_event(event),
         }
     }

@@ -260,7 +260,12 @@ impl Bootstrap for DnsBootstrap {
                 what: format!("cannot resolve {domain}"),
                 source,
             })?;
-            let only_self = !ips.is_empty() && ips.iter().all(|ip| exclude.contains(ip));
+            let only_self = !ips.is_empty()
+                && ips.iter().all(|ip| {
+                    exclude
+                        .iter()
+                        .any(|own| own.to_canonical() == ip.to_canonical())
+                });
             if only_self {
                 return Ok(vec![BootstrapPeer::Local]);
             }
@@ -273,8 +278,12 @@ impl Bootstrap for DnsBootstrap {
     }
 }
 
-/// The lowest [`DNS_BOOTSTRAP_LIMIT`] distinct IPs, IPv4 before IPv6, leaving out `exclude`.
-pub fn lowest_ips(mut ips: Vec<IpAddr>, exclude: &[IpAddr]) -> Vec<IpAddr> {
+/// The lowest [`DNS_BOOTSTRAP_LIMIT`] distinct IPs, IPv4 before IPv6 (a dual-stack name, A and
+/// AAAA, yields its IPv4 addresses first; an IPv6-only one its IPv6 addresses), leaving out
+/// `exclude`. An IPv4-mapped IPv6 address counts as its IPv4 address.
+pub fn lowest_ips(ips: Vec<IpAddr>, exclude: &[IpAddr]) -> Vec<IpAddr> {
+    let exclude: Vec<IpAddr> = exclude.iter().map(IpAddr::to_canonical).collect();
+    let mut ips: Vec<IpAddr> = ips.iter().map(IpAddr::to_canonical).collect();
     ips.retain(|ip| !exclude.contains(ip) && !ip.is_unspecified());
     ips.sort();
     ips.dedup();
@@ -394,13 +403,37 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String), BootstrapError> {
     }
     let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
         let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
-        (host, after.strip_prefix(':'))
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("not an IPv6 address in brackets"));
+        }
+        let port = match after {
+            "" => None,
+            _ => Some(after.strip_prefix(':').ok_or_else(|| bad("junk after ]"))?),
+        };
+        (host, port)
+    } else if authority.matches(':').count() > 1 {
+        // An unbracketed IPv6 address (as a chart renders `http://$(NODE_IP):30020` on an
+        // IPv6 node): the last `:<digits>` is the port when the rest is an IPv6 address.
+        match authority.rsplit_once(':') {
+            Some((h, p))
+                if !p.is_empty()
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && h.parse::<std::net::Ipv6Addr>().is_ok() =>
+            {
+                (h, Some(p))
+            }
+            _ if authority.parse::<std::net::Ipv6Addr>().is_ok() => (authority, None),
+            _ => return Err(bad("bad host")),
+        }
     } else {
         match authority.rsplit_once(':') {
             Some((h, p)) => (h, Some(p)),
             None => (authority, None),
         }
     };
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
     let port = match port {
         Some(p) => p.parse::<u16>().map_err(|_| bad("bad port"))?,
         None => 80,
@@ -409,6 +442,20 @@ fn parse_http_url(url: &str) -> Result<(String, u16, String), BootstrapError> {
         return Err(bad("bad path"));
     }
     Ok((host.to_owned(), port, path.to_owned()))
+}
+
+/// The `Host` header for `host` (a name or IP, unbracketed) and `port`: IPv6 in brackets, the
+/// port left out when it is 80.
+fn host_header(host: &str, port: u16) -> String {
+    let host = match host.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => host.to_owned(),
+    };
+    if port == 80 {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 impl Bootstrap for HttpBootstrap {
@@ -424,22 +471,43 @@ impl Bootstrap for HttpBootstrap {
                     }
                 })?,
             };
-            let ip = ips.first().ok_or_else(|| BootstrapError::Io {
-                what: format!("cannot resolve {}", this.host),
-                source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
-            })?;
-            let io_err = |what: &str| {
-                let what = format!("{what} {}", this.url);
-                move |source| BootstrapError::Io { what, source }
+            if ips.is_empty() {
+                return Err(BootstrapError::Io {
+                    what: format!("cannot resolve {}", this.host),
+                    source: io::Error::new(io::ErrorKind::NotFound, "no addresses"),
+                });
+            }
+            // Every address of the name in turn (a dual-stack name has A and AAAA records;
+            // one family may be unreachable from here).
+            let mut last = None;
+            let mut connected = None;
+            for ip in &ips {
+                let addr = SocketAddr::new(*ip, this.port);
+                match this.connector.connect(addr).await {
+                    Ok(stream) => {
+                        connected = Some(stream);
+                        break;
+                    }
+                    Err(e) => last = Some((addr, e)),
+                }
+            }
+            let mut stream = match (connected, last) {
+                (Some(stream), _) => stream,
+                (None, Some((addr, source))) => {
+                    return Err(BootstrapError::Io {
+                        what: format!("cannot connect to {} (at {addr})", this.url),
+                        source,
+                    });
+                }
+                (None, None) => unreachable!("at least one address was tried"),
             };
-            let mut stream = this
-                .connector
-                .connect(SocketAddr::new(*ip, this.port))
+            let host = host_header(&this.host, this.port);
+            let body = http_get(&mut stream, &host, &this.path)
                 .await
-                .map_err(io_err("cannot connect to"))?;
-            let body = http_get(&mut stream, &this.host, &this.path)
-                .await
-                .map_err(io_err("cannot fetch"))?;
+                .map_err(|source| BootstrapError::Io {
+                    what: format!("cannot fetch {}", this.url),
+                    source,
+                })?;
             parse_id(&body).map_err(|reason| BootstrapError::BadAnswer {
                 url: this.url.clone(),
                 reason,
@@ -478,7 +546,8 @@ async fn read_head<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> io::Result<(Stri
     }
 }
 
-/// `GET path` over `s` (HTTP/1.1, `Connection: close`); the body of a 200 answer.
+/// `GET path` over `s` (HTTP/1.1, `Connection: close`); the body of a 200 answer. `host` is the
+/// `Host` header as sent (an IPv6 address in brackets).
 pub async fn http_get<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     s: &mut S,
     host: &str,
@@ -688,6 +757,235 @@ mod tests {
         assert!(parse_http_url("ftp://h").is_err());
         assert!(parse_http_url("http://h:99999/").is_err());
         assert!(parse_http_url("http:///id").is_err());
+        // IPv6: bracketed with or without a port, and unbracketed as a chart renders it.
+        assert_eq!(
+            parse_http_url("http://[2001:db8::11]:5003/id").unwrap(),
+            ("2001:db8::11".into(), 5003, "/id".into())
+        );
+        assert_eq!(
+            parse_http_url("http://[2001:db8::11]/x").unwrap(),
+            ("2001:db8::11".into(), 80, "/x".into())
+        );
+        assert_eq!(
+            parse_http_url("http://2001:db8::11:5003/id").unwrap(),
+            ("2001:db8::11".into(), 5003, "/id".into())
+        );
+        assert_eq!(
+            parse_http_url("http://fd00::5/id").unwrap(),
+            ("fd00::5".into(), 80, "/id".into())
+        );
+        assert!(parse_http_url("http://[2001:db8::11:5003/id").is_err());
+        assert!(parse_http_url("http://[nope]:1/id").is_err());
+        assert!(parse_http_url("http://[::1]x/id").is_err());
+        assert!(parse_http_url("http://a:b:c/id").is_err());
+        assert!(parse_http_url("http://:5/id").is_err());
+    }
+
+    #[test]
+    fn host_headers_bracket_ipv6() {
+        assert_eq!(host_header("2001:db8::11", 5003), "[2001:db8::11]:5003");
+        assert_eq!(host_header("::1", 80), "[::1]");
+        assert_eq!(host_header("10.0.0.1", 5003), "10.0.0.1:5003");
+        assert_eq!(host_header("peers.example", 80), "peers.example");
+    }
+
+    #[test]
+    fn lowest_ips_of_both_families() {
+        let p = |s: &str| s.parse::<IpAddr>().unwrap();
+        let dual = vec![
+            p("2001:db8::13"),
+            p("10.0.0.13"),
+            p("2001:db8::11"),
+            p("10.0.0.11"),
+            p("::ffff:10.0.0.12"),
+            p("10.0.0.12"),
+        ];
+        // IPv4 first, a mapped address deduplicated with its IPv4 form, own IPs left out
+        // whichever way they are written.
+        assert_eq!(
+            lowest_ips(dual.clone(), &[]),
+            vec![p("10.0.0.11"), p("10.0.0.12"), p("10.0.0.13")]
+        );
+        assert_eq!(
+            lowest_ips(dual, &[p("::ffff:10.0.0.11"), p("2001:db8::11")]),
+            vec![p("10.0.0.12"), p("10.0.0.13"), p("2001:db8::13")]
+        );
+        let v6 = vec![
+            p("2001:db8::13"),
+            p("2001:db8::11"),
+            p("2001:db8::12"),
+            p("::"),
+        ];
+        assert_eq!(
+            lowest_ips(v6, &[p("2001:db8::12")]),
+            vec![p("2001:db8::11"), p("2001:db8::13")]
+        );
+    }
+
+    #[test]
+    fn dns_bootstrap_dials_ipv6_peers() {
+        let hosts =
+            HostsResolver::parse("2001:db8::11 peers\n2001:db8::12 peers\n10.0.0.11 peers\n")
+                .unwrap();
+        let dns = DnsBootstrap::new("peers", 5001, Arc::new(hosts.clone())).excluding(&[
+            "10.0.0.11".parse().unwrap(),
+            "2001:db8::11".parse().unwrap(),
+        ]);
+        let got = futures::executor::block_on(dns.peers()).unwrap();
+        assert_eq!(
+            got,
+            vec![BootstrapPeer::Address(
+                "/ip6/2001:db8::12/tcp/5001".parse().unwrap()
+            )]
+        );
+        let alone = DnsBootstrap::new("peers", 5001, Arc::new(hosts)).excluding(&[
+            "10.0.0.11".parse().unwrap(),
+            "2001:db8::11".parse().unwrap(),
+            "2001:db8::12".parse().unwrap(),
+        ]);
+        assert_eq!(
+            futures::executor::block_on(alone.peers()).unwrap(),
+            vec![BootstrapPeer::Local]
+        );
+    }
+
+    /// A connection that answers `answer` and records what was written to it.
+    struct Canned {
+        answer: futures::io::Cursor<Vec<u8>>,
+        written: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Canned {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::pin::Pin::new(&mut self.answer).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Canned {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.written.lock().unwrap().extend_from_slice(buf);
+            std::task::Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_close(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Refuses every address but `reachable`, where it answers `body`; records the addresses
+    /// tried and the bytes sent.
+    struct FakeConnector {
+        reachable: SocketAddr,
+        body: String,
+        tried: Arc<std::sync::Mutex<Vec<SocketAddr>>>,
+        written: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Connector for FakeConnector {
+        fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn ByteStream>>> {
+            self.tried.lock().unwrap().push(addr);
+            let result: io::Result<Box<dyn ByteStream>> = if addr == self.reachable {
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
+                    self.body.len(),
+                    self.body
+                );
+                Ok(Box::new(Canned {
+                    answer: futures::io::Cursor::new(answer.into_bytes()),
+                    written: self.written.clone(),
+                }))
+            } else {
+                Err(io::Error::from(io::ErrorKind::ConnectionRefused))
+            };
+            futures::future::ready(result).boxed()
+        }
+    }
+
+    #[test]
+    fn http_bootstrap_tries_every_address_and_brackets_the_host() {
+        let peer = PeerId::random();
+        let addrs: Vec<Multiaddr> = vec!["/ip6/2001:db8::11/tcp/5001".parse().unwrap()];
+        let tried = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let connector = FakeConnector {
+            reachable: "[2001:db8::11]:5002".parse().unwrap(),
+            body: render_id(&peer, &addrs),
+            tried: tried.clone(),
+            written: written.clone(),
+        };
+        // A dual-stack name whose IPv4 address does not answer.
+        let hosts =
+            HostsResolver::parse("10.0.0.11 node0.test\n2001:db8::11 node0.test\n").unwrap();
+        let http = HttpBootstrap::new(
+            "http://node0.test:5002/id",
+            Arc::new(hosts),
+            Arc::new(connector),
+        )
+        .unwrap();
+        let got = futures::executor::block_on(http.peers()).unwrap();
+        assert_eq!(got, vec![BootstrapPeer::Known { peer, addrs }]);
+        assert_eq!(
+            *tried.lock().unwrap(),
+            vec![
+                "10.0.0.11:5002".parse::<SocketAddr>().unwrap(),
+                "[2001:db8::11]:5002".parse().unwrap()
+            ]
+        );
+        let sent = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(sent.contains("\r\nHost: node0.test:5002\r\n"), "{sent}");
+
+        // An IPv6 literal, unbracketed as a chart renders it: the Host header is bracketed.
+        written.lock().unwrap().clear();
+        let connector = FakeConnector {
+            reachable: "[2001:db8::11]:5002".parse().unwrap(),
+            body: render_id(
+                &PeerId::random(),
+                &["/ip6/2001:db8::11/tcp/5001".parse().unwrap()],
+            ),
+            tried: Arc::new(std::sync::Mutex::new(Vec::new())),
+            written: written.clone(),
+        };
+        let http = HttpBootstrap::new(
+            "http://2001:db8::11:5002/id",
+            Arc::new(HostsResolver::new()),
+            Arc::new(connector),
+        )
+        .unwrap();
+        futures::executor::block_on(http.peers()).unwrap();
+        let sent = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert!(sent.starts_with("GET /id HTTP/1.1\r\n"), "{sent}");
+        assert!(sent.contains("\r\nHost: [2001:db8::11]:5002\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn id_answer_with_ipv6_addresses() {
+        let peer = PeerId::random();
+        let addrs: Vec<Multiaddr> = vec![
+            "/ip6/2001:db8::11/tcp/5001".parse().unwrap(),
+            "/ip4/10.0.0.11/tcp/5001".parse().unwrap(),
+        ];
+        let body = render_id(&peer, &addrs);
+        assert!(body.contains("/ip6/2001:db8::11/tcp/5001"), "{body}");
+        assert_eq!(
+            parse_id(&body).unwrap(),
+            vec![BootstrapPeer::Known { peer, addrs }]
+        );
     }
 
     #[test]

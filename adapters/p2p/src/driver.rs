@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,6 +13,7 @@ use futures::future::{BoxFuture, Either};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
 use futures_timer::Delay;
+use libp2p::core::transport::ListenerId;
 use libp2p::kad;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore as _};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
@@ -60,9 +62,8 @@ pub fn start(
             // Only the external addresses the driver confirms are announced.
             .with_hide_listen_addrs(true),
     );
-    let drop_loopback = config.listen.ip().is_unspecified();
     let behaviour = Behaviour {
-        kad: ListenFilter::new(kad, drop_loopback),
+        kad: ListenFilter::new(kad),
         identify,
     };
     let mut swarm = Swarm::new(
@@ -72,12 +73,8 @@ pub fn start(
         swarm::Config::with_executor(executor)
             .with_idle_connection_timeout(config.idle_connection_timeout),
     );
-    swarm
-        .listen_on(tcp_multiaddr(config.listen))
-        .map_err(|e| Error::Listen {
-            addr: config.listen,
-            reason: e.to_string(),
-        })?;
+    let wildcard = listen_all(&mut swarm, &config.listen)?;
+    swarm.behaviour_mut().kad.wildcard = wildcard.clone();
 
     let (commands_tx, commands) = mpsc::unbounded();
     let shared = Arc::new(Mutex::new(Shared {
@@ -95,7 +92,7 @@ pub fn start(
         commands,
         shared,
         local: peer_id,
-        drop_loopback,
+        wildcard,
         lookups: HashMap::new(),
         cancels: FuturesUnordered::new(),
         awaiting: HashMap::new(),
@@ -124,6 +121,51 @@ pub fn start(
     Ok((handle, run))
 }
 
+/// Listens on every address of `listen`. An unspecified address that cannot be listened on
+/// (its family is missing on this host) is skipped with a warning as long as another address
+/// is listened on; a specific IP that cannot be listened on is an error. Returns the listeners
+/// on unspecified IPs.
+fn listen_all(
+    swarm: &mut Swarm<Behaviour>,
+    listen: &[SocketAddr],
+) -> Result<HashSet<ListenerId>, Error> {
+    let mut wildcard = HashSet::new();
+    let mut listening = 0;
+    let mut skipped: Vec<(SocketAddr, String)> = Vec::new();
+    for addr in listen {
+        match swarm.listen_on(tcp_multiaddr(*addr)) {
+            Ok(id) => {
+                listening += 1;
+                if addr.ip().is_unspecified() {
+                    wildcard.insert(id);
+                }
+            }
+            Err(e) if addr.ip().is_unspecified() => skipped.push((*addr, e.to_string())),
+            Err(e) => {
+                return Err(Error::Listen {
+                    addr: *addr,
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+    if listening == 0 {
+        return Err(match skipped.into_iter().next() {
+            Some((addr, reason)) => Error::Listen { addr, reason },
+            None => Error::NoListenAddress,
+        });
+    }
+    for (addr, reason) in skipped {
+        let family = if addr.is_ipv6() { "IPv6" } else { "IPv4" };
+        tracing::warn!(
+            %addr,
+            error = %reason,
+            "p2p: cannot listen on {family} (not available on this host?); listening on the other family only"
+        );
+    }
+    Ok(wildcard)
+}
+
 struct LookupState {
     tx: mpsc::UnboundedSender<Provider>,
     remaining: usize,
@@ -140,7 +182,8 @@ struct Driver {
     commands: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Mutex<Shared>>,
     local: PeerId,
-    drop_loopback: bool,
+    /// The listeners on an unspecified IP (their loopback addresses are not advertised).
+    wildcard: HashSet<ListenerId>,
     lookups: HashMap<kad::QueryId, LookupState>,
     cancels: FuturesUnordered<BoxFuture<'static, kad::QueryId>>,
     /// Providers without a known address, dialled to learn one, and the lookups waiting.
@@ -485,9 +528,12 @@ impl Driver {
                 }
                 tracing::debug!(?peer_id, %error, "dial failed");
             }
-            SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "p2p listening");
-                let advertise = is_advertisable(&address, self.drop_loopback);
+            SwarmEvent::NewListenAddr {
+                address,
+                listener_id,
+            } => {
+                let advertise = is_advertisable(&address, self.wildcard.contains(&listener_id));
+                tracing::info!(%address, advertised = advertise, "p2p listening");
                 if advertise {
                     self.swarm.add_external_address(address.clone());
                 }

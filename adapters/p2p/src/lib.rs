@@ -20,10 +20,17 @@
 //!
 //! # Addresses
 //!
-//! What a node advertises (identify, its provider records, `/id`) follows the listen address:
-//! when it names an IP, that IP is advertised even if it is loopback (one-machine test
-//! clusters on 127.0.0.x); when it is unspecified (`0.0.0.0:5001`), every interface address
-//! except loopback is advertised.
+//! A node listens on every address of [`Config::listen`]; `--router-addr :5001` is
+//! [`dual_stack`]`(5001)`, `0.0.0.0:5001` and `[::]:5001` (libp2p's IPv6 sockets are IPv6-only,
+//! so each family has its own listener). A family the host does not have is skipped with a
+//! warning; start-up fails only when no address can be listened on, or a specific IP cannot.
+//!
+//! What a node advertises (identify, its provider records, `/id`) follows the listen addresses:
+//! a specific IP is advertised even if it is loopback (one-machine test clusters on
+//! 127.0.0.x); an unspecified one advertises every interface address of its family except
+//! loopback and link-local (see [`is_advertisable`]). Peers' registries are reached at the IPs
+//! of their advertised addresses, IPv6 ones bracketed (`[2001:db8::12]:5000`, see
+//! [`host_port`]).
 
 #![deny(missing_docs)]
 
@@ -47,7 +54,7 @@ use futures::Stream;
 use futures::channel::{mpsc, oneshot};
 use speil_core::Key;
 
-pub use addr::{ip_of, is_advertisable, peer_id_of, tcp_multiaddr};
+pub use addr::{dual_stack, host_port, ip_of, is_advertisable, peer_id_of, tcp_multiaddr};
 pub use bootstrap::{Bootstrap, BootstrapPeer};
 pub use driver::start;
 pub use libp2p::identity::Keypair;
@@ -70,8 +77,9 @@ pub const DEFAULT_PROVIDER_RECORD_TTL: Duration = Duration::from_secs(19 * 60);
 pub struct Config {
     /// The node's identity (see [`identity`]).
     pub keypair: Keypair,
-    /// The TCP address to listen on (`--router-addr`).
-    pub listen: SocketAddr,
+    /// The TCP addresses to listen on (`--router-addr`; [`dual_stack`] for `:PORT`). An
+    /// unspecified address listens on every interface of its family.
+    pub listen: Vec<SocketAddr>,
     /// The private-network key; peers without it cannot connect.
     pub psk: Option<PreSharedKey>,
     /// Where to find peers when the routing table is empty; `None` waits to be dialled.
@@ -93,11 +101,11 @@ pub struct Config {
 }
 
 impl Config {
-    /// Spegel's defaults, listening on `listen`.
+    /// Spegel's defaults, listening on `listen` only (see [`Config::listen`] for several).
     pub fn new(keypair: Keypair, listen: SocketAddr) -> Self {
         Config {
             keypair,
-            listen,
+            listen: vec![listen],
             psk: None,
             bootstrap: None,
             provider_publication_interval: DEFAULT_PROVIDER_PUBLICATION_INTERVAL,
@@ -139,7 +147,7 @@ pub enum Error {
     /// The noise configuration could not be built from the identity.
     #[error("cannot set up noise: {0}")]
     Noise(#[from] libp2p::noise::Error),
-    /// Listening on the router address failed.
+    /// Listening on a router address failed (a specific IP, or every address).
     #[error("cannot listen on {addr}: {reason}")]
     Listen {
         /// The address.
@@ -147,6 +155,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// [`Config::listen`] is empty.
+    #[error("no address to listen on")]
+    NoListenAddress,
 }
 
 /// A peer that provides a key.

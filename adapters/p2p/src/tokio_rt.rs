@@ -65,7 +65,14 @@ pub async fn serve_id(
     addr: SocketAddr,
     handle: Handle,
 ) -> io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_id_on(tokio::net::TcpListener::bind(addr).await?, handle)
+}
+
+/// [`serve_id`] on a listener the caller bound (e.g. `[::]`, which takes both families).
+pub fn serve_id_on(
+    listener: tokio::net::TcpListener,
+    handle: Handle,
+) -> io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let local = listener.local_addr()?;
     let task = tokio::spawn(async move {
         loop {

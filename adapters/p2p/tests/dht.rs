@@ -151,7 +151,7 @@ async fn lookup_cancel_and_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn advertised_addresses_follow_the_listen_address() {
     let mut cfg = config(1, 0);
-    cfg.listen = "0.0.0.0:0".parse().unwrap();
+    cfg.listen = vec!["0.0.0.0:0".parse().unwrap()];
     let (any, _) = start(cfg).await;
     assert!(
         wait_until(Duration::from_secs(5), || any
@@ -174,4 +174,102 @@ async fn advertised_addresses_follow_the_listen_address() {
     let (lo, addr) = start(config(181, 0)).await;
     assert_eq!(lo.advertised_addrs(), vec![addr]);
     lo.shutdown();
+}
+
+/// `:PORT` listens on both families: the IPv4 and the IPv6 wildcard each get a listener, and
+/// neither family's loopback is advertised.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_listens_on_both_families() {
+    let mut cfg = config(1, 0);
+    cfg.listen = speil_p2p::dual_stack(0);
+    let (any, _) = start(cfg).await;
+    let both = wait_until(Duration::from_secs(5), || {
+        let addrs = any.listen_addrs();
+        let v4 = addrs
+            .iter()
+            .any(|a| speil_p2p::ip_of(a) == Some("127.0.0.1".parse().unwrap()));
+        let v6 = addrs
+            .iter()
+            .any(|a| speil_p2p::ip_of(a) == Some("::1".parse().unwrap()));
+        v4 && v6
+    })
+    .await;
+    assert!(both, "listen addresses {:?}", any.listen_addrs());
+    let advertised = any.advertised_addrs();
+    assert!(
+        advertised
+            .iter()
+            .all(|a| speil_p2p::ip_of(a).is_some_and(|ip| {
+                !ip.is_loopback() && !ip.is_unspecified() && !ip.to_string().starts_with("fe80")
+            })),
+        "{advertised:?}"
+    );
+    any.shutdown();
+}
+
+/// Specific IPs of both families are listened on and advertised as listened, and a peer
+/// reaches the node over IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specific_ipv4_and_ipv6_addresses_are_advertised_and_dialled() {
+    let mut cfg = config(183, 0);
+    cfg.listen.push("[::1]:0".parse().unwrap());
+    let (a, _) = start(cfg).await;
+    let v6 = wait_for(Duration::from_secs(5), || {
+        a.advertised_addrs()
+            .into_iter()
+            .find(|m| speil_p2p::ip_of(m).is_some_and(|ip| ip.is_ipv6()))
+    })
+    .await
+    .expect("an IPv6 address is advertised");
+    assert_eq!(a.advertised_addrs().len(), 2, "{:?}", a.advertised_addrs());
+    let mut cfg = config(184, 0);
+    cfg.listen = vec!["[::1]:0".parse().unwrap()];
+    cfg.bootstrap = Some(static_to(&a, &v6));
+    let (b, _) = start(cfg).await;
+    assert!(
+        wait_until(Duration::from_secs(10), || b.is_ready() && a.is_ready()).await,
+        "nodes did not join over IPv6"
+    );
+    a.shutdown();
+    b.shutdown();
+}
+
+/// A wildcard family that cannot be listened on (here: its port is taken) is skipped, the
+/// other family still listens; a specific IP that cannot be listened on fails the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_family_missing_is_not_fatal_but_a_specific_ip_is() {
+    let taken = std::net::TcpListener::bind("[::]:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut cfg = config(1, 0);
+    cfg.listen = vec![
+        "0.0.0.0:0".parse().unwrap(),
+        std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+    ];
+    let (node, _) = start(cfg).await;
+    assert!(
+        node.listen_addrs()
+            .iter()
+            .all(|a| speil_p2p::ip_of(a).is_some_and(|ip| ip.is_ipv4())),
+        "{:?}",
+        node.listen_addrs()
+    );
+    node.shutdown();
+
+    let mut cfg = config(1, 0);
+    cfg.listen = vec![
+        "0.0.0.0:0".parse().unwrap(),
+        std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    ];
+    assert!(matches!(
+        speil_p2p::tokio_rt::start(cfg),
+        Err(speil_p2p::Error::Listen { .. })
+    ));
+    let mut cfg = config(1, 0);
+    cfg.listen = Vec::new();
+    assert!(matches!(
+        speil_p2p::tokio_rt::start(cfg),
+        Err(speil_p2p::Error::NoListenAddress)
+    ));
+    drop(taken);
 }

@@ -188,8 +188,8 @@ pub enum Output<P> {
         request: RequestId,
         /// Why (`could not find peer for <key>`, `all <n> attempts failed for <key>`).
         reason: String,
-        /// The same as a fixed label: [`FailReason::NoPeer`] or
-        /// [`FailReason::AllAttemptsFailed`].
+        /// The same as a fixed label: [`crate::FailReason::NoPeer`] or
+        /// [`crate::FailReason::AllAttemptsFailed`].
         cause: crate::FailReason,
     },
     /// Abort the client's connection: the body cannot be completed.

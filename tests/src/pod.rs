@@ -296,6 +296,8 @@ pub struct Sandbox {
     etc: PathBuf,
     /// The node's IP inside the namespace.
     pub ip: IpAddr,
+    /// Whether this sandbox made the namespace (and removes it on drop).
+    owned: bool,
 }
 
 fn run(cmd: &mut Command) -> Result<Output> {
@@ -314,7 +316,12 @@ impl Sandbox {
         let name = format!("speil-{tag}-{}", std::process::id());
         let etc = PathBuf::from("/etc/netns").join(&name);
         run(Command::new("ip").args(["netns", "add", &name]))?;
-        let sandbox = Sandbox { name, etc, ip };
+        let sandbox = Sandbox {
+            name,
+            etc,
+            ip,
+            owned: true,
+        };
         let ns = sandbox.name.as_str();
         run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
         let prefix = if ip.is_ipv4() { "32" } else { "128" };
@@ -340,6 +347,17 @@ impl Sandbox {
         std::fs::write(sandbox.etc.join("hosts"), hosts)?;
         std::fs::write(sandbox.etc.join("resolv.conf"), "nameserver 127.0.0.1\n")?;
         Ok(sandbox)
+    }
+
+    /// A sandbox in a namespace someone else made and removes (a host of a
+    /// [`crate::netns::Lan`]), where the node has `ip`.
+    pub fn existing(name: &str, ip: IpAddr) -> Sandbox {
+        Sandbox {
+            name: name.to_owned(),
+            etc: PathBuf::from("/etc/netns").join(name),
+            ip,
+            owned: false,
+        }
     }
 
     /// `program args` as a container of a pod: in the namespace, in its own PID namespace,
@@ -371,7 +389,16 @@ impl Sandbox {
         let body = tempfile::NamedTempFile::new()?;
         let out = Command::new("ip")
             .args(["netns", "exec", &self.name])
-            .args(["curl", "-sS", "-g", "--max-time", "5", "-o"])
+            .args([
+                "curl",
+                "-sS",
+                "-g",
+                "--noproxy",
+                "*",
+                "--max-time",
+                "5",
+                "-o",
+            ])
             .arg(body.path())
             .args(["-w", "%{http_code}", url])
             .output()
@@ -394,6 +421,9 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
@@ -537,6 +567,245 @@ fn workload_with<'r>(render: &'r Render, kind: &str, container: &str) -> Result<
     bail!("no {kind} has a container {container}")
 }
 
+/// A node's pods as a render describes them: the DaemonSet's `configuration` and `registry`
+/// containers and the uninstall hook's `cleanup` and `cleanup-wait`, resolved for one node
+/// (its IP, and where its volumes live in this test).
+#[derive(Debug)]
+pub struct NodePods {
+    init: Container,
+    registry: Container,
+    cleanup: Container,
+    init_r: Resolved,
+    registry_r: Resolved,
+    cleanup_r: Resolved,
+    wait_r: Resolved,
+    places: BTreeMap<String, PathBuf>,
+    work: PathBuf,
+}
+
+impl NodePods {
+    /// Resolves the render's containers for `node` at `node_ip`. Volumes: containerd's socket,
+    /// content, `certs.d` and config directory are the node's; a `*-data` volume is a
+    /// directory under `work`; a secret volume is a directory under `work` holding the
+    /// Secret's keys, from `secrets` or else from the render.
+    pub fn new(
+        render: &Render,
+        node: &crate::Node,
+        node_ip: IpAddr,
+        work: &Path,
+        secrets: &BTreeMap<String, BTreeMap<String, Vec<u8>>>,
+    ) -> Result<NodePods> {
+        let agent = workload_with(render, "DaemonSet", "registry")?;
+        let init = render.container("DaemonSet", agent, "configuration")?;
+        let registry = render.container("DaemonSet", agent, "registry")?;
+        let cleanup_ds = workload_with(render, "DaemonSet", "cleanup")?;
+        let cleanup = render.container("DaemonSet", cleanup_ds, "cleanup")?;
+        let wait_pod = workload_with(render, "Pod", "cleanup-wait")?;
+        let wait = render.container("Pod", wait_pod, "cleanup-wait")?;
+        let mut places = BTreeMap::new();
+        let data = work.join("data");
+        std::fs::create_dir_all(&data)?;
+        for c in [&init, &registry, &cleanup, &wait] {
+            for m in &c.mounts {
+                let place = match (&m.source, m.volume.as_str()) {
+                    (Source::HostPath(_), "containerd-sock") => node.socket(),
+                    (Source::HostPath(_), "containerd-content") => node.content_path(),
+                    (Source::HostPath(_), "containerd-config") => node.certs_dir(),
+                    (Source::HostPath(_), "containerd-config-dir") => node.dir().to_owned(),
+                    (Source::HostPath(_), v) if v.ends_with("-data") => data.clone(),
+                    (Source::Secret(name), _) => {
+                        let dir = work.join("secrets").join(name);
+                        std::fs::create_dir_all(&dir)?;
+                        let given = secrets.get(name);
+                        let keys: Vec<String> = match given {
+                            Some(k) => k.keys().cloned().collect(),
+                            None => render
+                                .find("Secret", name)
+                                .and_then(|d| d["data"].as_mapping())
+                                .with_context(|| {
+                                    format!("Secret {name} is neither given nor rendered")
+                                })?
+                                .keys()
+                                .filter_map(|k| k.as_str().map(str::to_owned))
+                                .collect(),
+                        };
+                        for key in keys {
+                            let bytes = match given.and_then(|g| g.get(&key)) {
+                                Some(b) => b.clone(),
+                                None => render.secret(name, &key)?,
+                            };
+                            std::fs::write(dir.join(&key), bytes)?;
+                        }
+                        dir
+                    }
+                    (source, volume) => {
+                        bail!("volume {volume} ({source:?}) is not one the test knows")
+                    }
+                };
+                places.insert(m.volume.clone(), place);
+            }
+        }
+        Ok(NodePods {
+            init_r: init.resolve(node_ip, &places)?,
+            registry_r: registry.resolve(node_ip, &places)?,
+            cleanup_r: cleanup.resolve(node_ip, &places)?,
+            wait_r: wait.resolve(node_ip, &places)?,
+            init,
+            registry,
+            cleanup,
+            places,
+            work: work.to_owned(),
+        })
+    }
+
+    /// The cluster names the pods look up: the bootstrap domain and the cleanup endpoint's
+    /// host.
+    pub fn names(&self) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        if let Some(d) = flag_value(&self.registry_r.args, "--dns-bootstrap-domain") {
+            names.push(d.to_owned());
+        }
+        let probe =
+            flag_value(&self.wait_r.args, "--probe-endpoint").context("no --probe-endpoint")?;
+        let (host, _) = probe
+            .rsplit_once(':')
+            .context("--probe-endpoint without a port")?;
+        names.push(host.to_owned());
+        Ok(names)
+    }
+
+    /// The registry container's port (`--registry-addr=:P`).
+    pub fn registry_port(&self) -> Result<u16> {
+        port_of(&self.registry_r.args, "--registry-addr")
+    }
+
+    /// The registry container's metrics port.
+    pub fn metrics_port(&self) -> Result<u16> {
+        port_of(&self.registry_r.args, "--metrics-addr")
+    }
+
+    fn config_dir(&self, c: &Container) -> Option<PathBuf> {
+        c.mounted_at("/etc/containerd")
+            .map(|m| self.places[&m.volume].clone())
+    }
+
+    /// Runs the `configuration` init container to its end; it must succeed.
+    pub fn configure(&self, sandbox: &Sandbox) -> Result<()> {
+        let program = crate::speil::binary()?;
+        let out = sandbox
+            .command(
+                &program,
+                &self.init_r,
+                self.config_dir(&self.init).as_deref(),
+            )
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "configuration {:?}: {}",
+                self.init_r.args,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// Starts the `registry` container and waits until `/readyz` answers 200 (from inside
+    /// the namespace).
+    pub fn start_registry(&self, sandbox: &Sandbox, within: Duration) -> Result<Running> {
+        let mut running = self.spawn_registry(sandbox)?;
+        self.wait_ready(sandbox, &mut running, within)?;
+        Ok(running)
+    }
+
+    /// Starts the `registry` container.
+    pub fn spawn_registry(&self, sandbox: &Sandbox) -> Result<Running> {
+        let program = crate::speil::binary()?;
+        Running::spawn(
+            sandbox.command(
+                &program,
+                &self.registry_r,
+                self.config_dir(&self.registry).as_deref(),
+            ),
+            self.work.join("registry.log"),
+        )
+    }
+
+    /// Waits until the registry container's `/readyz` answers 200 (from inside the
+    /// namespace); fails when it exits first.
+    pub fn wait_ready(
+        &self,
+        sandbox: &Sandbox,
+        running: &mut Running,
+        within: Duration,
+    ) -> Result<()> {
+        let port = self.registry_port()?;
+        let base = sandbox.base_url();
+        let logs = [running.log.clone()];
+        wait_for(
+            "the registry container becomes ready",
+            within,
+            || {
+                if let Some(status) = running.exited() {
+                    bail!("registry exited with {status}: {}", running.log_text());
+                }
+                Ok(sandbox.get(&format!("{base}:{port}/readyz"))?.0 == 200)
+            },
+            &logs,
+        )
+    }
+
+    /// Starts the uninstall hook's `cleanup` container (it restores certs.d, then serves
+    /// `/readyz` until stopped).
+    pub fn start_cleanup(&self, sandbox: &Sandbox) -> Result<Running> {
+        let program = crate::speil::binary()?;
+        Running::spawn(
+            sandbox.command(
+                &program,
+                &self.cleanup_r,
+                self.config_dir(&self.cleanup).as_deref(),
+            ),
+            self.work.join("cleanup.log"),
+        )
+    }
+
+    /// Runs the hook's `cleanup-wait` until it exits, while `cleanups` keep running; it must
+    /// exit 0.
+    pub fn wait_cleanup(&self, sandbox: &Sandbox, cleanups: &mut [Running]) -> Result<()> {
+        let program = crate::speil::binary()?;
+        let mut waiting = Running::spawn(
+            sandbox.command(&program, &self.wait_r, None),
+            self.work.join("cleanup-wait.log"),
+        )?;
+        let mut logs: Vec<PathBuf> = cleanups.iter().map(|c| c.log.clone()).collect();
+        logs.push(waiting.log.clone());
+        let mut status = None;
+        wait_for(
+            "cleanup-wait exits",
+            Duration::from_secs(30),
+            || {
+                for c in cleanups.iter_mut() {
+                    if let Some(s) = c.exited() {
+                        bail!("cleanup exited with {s}: {}", c.log_text());
+                    }
+                }
+                status = waiting.exited();
+                Ok(status.is_some())
+            },
+            &logs,
+        )?;
+        if !status.is_some_and(|s| s.success()) {
+            bail!("cleanup-wait failed: {}", waiting.log_text());
+        }
+        Ok(())
+    }
+
+    /// Uninstall on this node alone: `cleanup`, and `cleanup-wait` until it exits 0.
+    pub fn uninstall(&self, sandbox: &Sandbox) -> Result<()> {
+        let mut cleanups = [self.start_cleanup(sandbox)?];
+        self.wait_cleanup(sandbox, &mut cleanups)
+    }
+}
+
 /// Runs a node's life under the chart, as the kubelet would: the `configuration` init
 /// container, the `registry` container until it is ready and serves a layer of `image` by
 /// digest, then uninstall — the `cleanup` DaemonSet's container and the `cleanup-wait` Pod —
@@ -544,115 +813,22 @@ fn workload_with<'r>(render: &'r Render, kind: &str, container: &str) -> Result<
 /// [`Sandbox`] with the render's args and env.
 pub fn lifecycle(l: Lifecycle<'_>) -> Result<Outcome> {
     use sha2::Digest as _;
-    let program = crate::speil::binary()?;
-    let render = l.render;
-    let agent = workload_with(render, "DaemonSet", "registry")?;
-    let init = render.container("DaemonSet", agent, "configuration")?;
-    let registry = render.container("DaemonSet", agent, "registry")?;
-    let cleanup_ds = workload_with(render, "DaemonSet", "cleanup")?;
-    let cleanup = render.container("DaemonSet", cleanup_ds, "cleanup")?;
-    let wait_pod = workload_with(render, "Pod", "cleanup-wait")?;
-    let wait = render.container("Pod", wait_pod, "cleanup-wait")?;
-
-    // Where each volume lives in this test.
-    let mut places = BTreeMap::new();
-    let data = l.work.join("data");
-    std::fs::create_dir_all(&data)?;
-    for c in [&init, &registry, &cleanup, &wait] {
-        for m in &c.mounts {
-            let place = match (&m.source, m.volume.as_str()) {
-                (Source::HostPath(_), "containerd-sock") => l.node.socket(),
-                (Source::HostPath(_), "containerd-content") => l.node.content_path(),
-                (Source::HostPath(_), "containerd-config") => l.node.certs_dir(),
-                (Source::HostPath(_), "containerd-config-dir") => l.node.dir().to_owned(),
-                (Source::HostPath(_), v) if v.ends_with("-data") => data.clone(),
-                (Source::Secret(name), _) => {
-                    let dir = l.work.join("secrets").join(name);
-                    std::fs::create_dir_all(&dir)?;
-                    let given = l.secrets.get(name);
-                    let keys: Vec<String> = match given {
-                        Some(k) => k.keys().cloned().collect(),
-                        None => render
-                            .find("Secret", name)
-                            .and_then(|d| d["data"].as_mapping())
-                            .with_context(|| {
-                                format!("Secret {name} is neither given nor rendered")
-                            })?
-                            .keys()
-                            .filter_map(|k| k.as_str().map(str::to_owned))
-                            .collect(),
-                    };
-                    for key in keys {
-                        let bytes = match given.and_then(|g| g.get(&key)) {
-                            Some(b) => b.clone(),
-                            None => render.secret(name, &key)?,
-                        };
-                        std::fs::write(dir.join(&key), bytes)?;
-                    }
-                    dir
-                }
-                (source, volume) => bail!("volume {volume} ({source:?}) is not one the test knows"),
-            };
-            places.insert(m.volume.clone(), place);
-        }
-    }
-    let init_r = init.resolve(l.node_ip, &places)?;
-    let registry_r = registry.resolve(l.node_ip, &places)?;
-    let cleanup_r = cleanup.resolve(l.node_ip, &places)?;
-    let wait_r = wait.resolve(l.node_ip, &places)?;
-    let config_dir = |c: &Container| {
-        c.mounted_at("/etc/containerd")
-            .map(|m| places[&m.volume].clone())
-    };
-
-    let mut names = Vec::new();
-    if let Some(d) = flag_value(&registry_r.args, "--dns-bootstrap-domain") {
-        names.push(d.to_owned());
-    }
-    let probe = flag_value(&wait_r.args, "--probe-endpoint").context("no --probe-endpoint")?;
-    let (probe_host, _) = probe
-        .rsplit_once(':')
-        .context("--probe-endpoint without a port")?;
-    names.push(probe_host.to_owned());
-    let sandbox = Sandbox::new(l.tag, l.node_ip, &names)?;
+    let pods = NodePods::new(l.render, l.node, l.node_ip, l.work, &l.secrets)?;
+    let sandbox = Sandbox::new(l.tag, l.node_ip, &pods.names()?)?;
     let base = sandbox.base_url();
     let certs = l.node.certs_dir();
     let before = tree(&certs)?;
 
-    let out = sandbox
-        .command(&program, &init_r, config_dir(&init).as_deref())
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "configuration {:?}: {}",
-            init_r.args,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    pods.configure(&sandbox)?;
     let configured = tree(&certs)?
         .into_iter()
         .filter(|(p, (bytes, _))| !bytes.is_empty() && !p.starts_with("_backup"))
         .map(|(p, (bytes, _))| (p, String::from_utf8_lossy(&bytes).into_owned()))
         .collect();
 
-    let registry_port = port_of(&registry_r.args, "--registry-addr")?;
-    let metrics_port = port_of(&registry_r.args, "--metrics-addr")?;
-    let mut running = Running::spawn(
-        sandbox.command(&program, &registry_r, config_dir(&registry).as_deref()),
-        l.work.join("registry.log"),
-    )?;
-    let logs = [running.log.clone()];
-    wait_for(
-        "the registry container becomes ready",
-        Duration::from_secs(20),
-        || {
-            if let Some(status) = running.exited() {
-                bail!("registry exited with {status}: {}", running.log_text());
-            }
-            Ok(sandbox.get(&format!("{base}:{registry_port}/readyz"))?.0 == 200)
-        },
-        &logs,
-    )?;
+    let registry_port = pods.registry_port()?;
+    let metrics_port = pods.metrics_port()?;
+    let running = pods.start_registry(&sandbox, Duration::from_secs(20))?;
     let layer = &l.image.host_platform()?.layers[0];
     let (code, body) = sandbox.get(&format!(
         "{base}:{registry_port}/v2/{}/blobs/{layer}?ns={}",
@@ -672,31 +848,7 @@ pub fn lifecycle(l: Lifecycle<'_>) -> Result<Outcome> {
     let registry_log = running.log_text();
     drop(running);
 
-    let mut cleaning = Running::spawn(
-        sandbox.command(&program, &cleanup_r, config_dir(&cleanup).as_deref()),
-        l.work.join("cleanup.log"),
-    )?;
-    let mut waiting = Running::spawn(
-        sandbox.command(&program, &wait_r, None),
-        l.work.join("cleanup-wait.log"),
-    )?;
-    let logs = [cleaning.log.clone(), waiting.log.clone()];
-    let mut status = None;
-    wait_for(
-        "cleanup-wait exits",
-        Duration::from_secs(30),
-        || {
-            if let Some(s) = cleaning.exited() {
-                bail!("cleanup exited with {s}: {}", cleaning.log_text());
-            }
-            status = waiting.exited();
-            Ok(status.is_some())
-        },
-        &logs,
-    )?;
-    if !status.is_some_and(|s| s.success()) {
-        bail!("cleanup-wait failed: {}", waiting.log_text());
-    }
+    pods.uninstall(&sandbox)?;
     let after = tree(&certs)?;
     if after != before {
         let changed: Vec<&PathBuf> = before

@@ -584,3 +584,156 @@ fn rendered_containers_run_on_a_node() {
         }
     }
 }
+
+/// The chart as a cluster runs it: two nodes in network namespaces of their own on one
+/// bridge (IPv6 only), each with its containerd 2.3.4 and the rendered pods (`configuration`,
+/// then `registry`, with the render's pre-shared key), the upstream on a third host. Node 0
+/// pulls through the CRI; the upstream stops; node 1's pull is served by node 0 through both
+/// registry containers. There is no kube-proxy, so the registry port is set to the node port
+/// (`service.registry.port=30020`): the mirror target containerd gets,
+/// `http://$(NODE_IP):30020`, is then the registry container itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rendered_pods_serve_pulls_between_nodes() {
+    use speil_tests::netns::{Lan, REGISTRY_NAME};
+    if !require_tools() || !speil_tests::netns::require_netns() || !require_sandbox() {
+        return;
+    }
+    let text = render(&[
+        "--set",
+        "service.registry.port=30020",
+        "--set",
+        "spegel.mirroredRegistries={http://registry.test:5000}",
+    ]);
+    let r = Render::parse(&text).unwrap();
+    let ip = |h: u8| -> IpAddr { format!("2001:db8::{h}").parse().unwrap() };
+    let bootstrap = "speil-bootstrap.speil.svc.cluster.local";
+    let cleanup = "speil-cleanup.speil.svc.cluster.local";
+    let mut hosts = format!("{} {REGISTRY_NAME}\n", ip(10));
+    for h in [11, 12] {
+        hosts.push_str(&format!(
+            "{} {bootstrap} {bootstrap}. {cleanup} {cleanup}.\n",
+            ip(h)
+        ));
+    }
+    let lan = Lan::create(
+        &Lan::prefix("chart"),
+        &[vec![ip(10)], vec![ip(11)], vec![ip(12)]],
+        &hosts,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut registry = speil_tests::Registry::spawn_in(
+        &dir.path().join("registry"),
+        lan.hosts[0].name(),
+        ":5000",
+        std::net::SocketAddr::new(ip(10), 5000),
+        &format!("{REGISTRY_NAME}:5000"),
+    )
+    .unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        nodes.push(
+            speil_tests::Node::spawn_in(
+                &dir.path().join(format!("n{i}")),
+                i,
+                ip(11 + i as u8),
+                Generation::V2_3,
+                Some(lan.hosts[i + 1].name()),
+            )
+            .unwrap(),
+        );
+    }
+    registry
+        .wait_ready(std::time::Duration::from_secs(10))
+        .unwrap();
+    for n in &mut nodes {
+        n.wait_ready(std::time::Duration::from_secs(10)).unwrap();
+    }
+    let image = images::small().unwrap();
+    registry.push(image).unwrap();
+    let upstream = registry.host();
+
+    let mut running = Vec::new();
+    let mut sandboxes = Vec::new();
+    let mut pods = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let node_ip = ip(11 + i as u8);
+        let work = dir.path().join(format!("pod{i}"));
+        std::fs::create_dir_all(&work).unwrap();
+        let p = pod::NodePods::new(&r, node, node_ip, &work, &BTreeMap::new()).unwrap();
+        let sandbox = pod::Sandbox::existing(lan.hosts[i + 1].name(), node_ip);
+        p.configure(&sandbox).unwrap();
+        sandboxes.push(sandbox);
+        pods.push(p);
+    }
+    // Every node's registry container starts, then each must become ready (they find each
+    // other through the bootstrap Service's name).
+    for (p, sandbox) in pods.iter().zip(&sandboxes) {
+        running.push(p.spawn_registry(sandbox).unwrap());
+    }
+    for ((p, sandbox), r) in pods.iter().zip(&sandboxes).zip(running.iter_mut()) {
+        p.wait_ready(sandbox, r, std::time::Duration::from_secs(30))
+            .unwrap();
+    }
+    nodes[0]
+        .cri_pull(&image.reference(&upstream))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", running[0].log_text()));
+    // Node 1's registry finds the image on node 0 before the upstream goes.
+    let manifest = format!(
+        "{}:30020/v2/{}/manifests/{}?ns={}",
+        sandboxes[1].base_url(),
+        image.name,
+        image.tag,
+        upstream.replace(':', "%3A")
+    );
+    let logs = [running[1].log.clone()];
+    pod::wait_for(
+        "node 1 finds the image on node 0",
+        std::time::Duration::from_secs(20),
+        || Ok(sandboxes[1].get(&manifest)?.0 == 200),
+        &logs,
+    )
+    .unwrap();
+    registry.stop();
+    nodes[1]
+        .cri_pull(&image.reference(&upstream))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", running[1].log_text()));
+    let log = running[1].log_text();
+    for layer in &image.host_platform().unwrap().layers {
+        let served = log
+            .lines()
+            .any(|l| l.contains(layer.as_str()) && l.contains("\"source\":\"peer\""));
+        assert!(served, "{layer} was not served by a peer on node 1:\n{log}");
+    }
+    let (code, metrics) = sandboxes[1]
+        .get(&format!("{}:9090/metrics", sandboxes[1].base_url()))
+        .unwrap();
+    assert_eq!(code, 200);
+    let metrics = String::from_utf8(metrics).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("speil_served_bytes_total{source=\"peer\"}")),
+        "{metrics}"
+    );
+    drop(running);
+    // Uninstall: a cleanup pod per node, and the wait pod (on node 0) until both are ready.
+    let mut cleanups: Vec<_> = pods
+        .iter()
+        .zip(&sandboxes)
+        .map(|(p, s)| p.start_cleanup(s).unwrap())
+        .collect();
+    pods[0].wait_cleanup(&sandboxes[0], &mut cleanups).unwrap();
+    for n in &nodes {
+        let left: Vec<_> = std::fs::read_dir(n.certs_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            left.is_empty(),
+            "certs.d not restored (it was empty): {left:?}"
+        );
+    }
+}

@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 pub mod advertise;
+pub mod backoff;
 pub mod containerd_config;
 pub mod digest;
 pub mod error;

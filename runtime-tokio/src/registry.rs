@@ -268,8 +268,11 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         .map_err(|e| failure(format!("--registry-addr: {e}")))?;
 
     // The node and its driver.
-    let (store_events, _watch) =
-        speil_containerd::tokio_rt::spawn_watch(ctd.clone(), Duration::from_secs(24 * 3600));
+    let (store_events, _watch) = speil_containerd::tokio_rt::spawn_watch(
+        ctd.clone(),
+        Duration::from_secs(24 * 3600),
+        speil_core::backoff::Backoff::containerd_reconnect(seed_of(&peer_id)),
+    );
     let mut config = NodeConfig::new(peer_id);
     let source: Arc<dyn ContentSource> = Arc::new(ContainerdSource {
         client: ctd,
@@ -424,9 +427,7 @@ fn readable_dir(path: &Path) -> Option<std::path::PathBuf> {
 /// The node's random choices are seeded from its peer id: stable per node, different
 /// between nodes.
 fn seed_of(peer: &PeerId) -> u64 {
-    let bytes = peer.to_bytes();
-    let digest = Digest::sha256_of(&bytes);
-    u64::from_str_radix(&digest.hex()[..16], 16).unwrap_or(0)
+    speil_p2p::seed_of(peer)
 }
 
 /// containerd as the registry server's content source. Every call, and every chunk of a

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use speil_containerd::{BlobBody, Containerd, StoreEvents, tokio_rt::spawn_watch};
 use speil_core::Digest;
+use speil_core::backoff::Backoff;
 use speil_core::store::{ImageState, StoreEvent};
 use speil_tests::containerd::mounts_under;
 use speil_tests::{Generation, Harness, TestImage, images};
@@ -303,7 +304,11 @@ async fn events_for_pull_and_removal() {
     harness.registry.push(small).unwrap();
     let node = &harness.nodes[0];
     let client = node.client(true).await.unwrap();
-    let (mut rx, task) = spawn_watch(client.clone(), Duration::from_secs(60));
+    let (mut rx, task) = spawn_watch(
+        client.clone(),
+        Duration::from_secs(60),
+        Backoff::containerd_reconnect(1),
+    );
 
     let first = wait_for(&mut rx, "initial snapshot", |_| true).await;
     assert_eq!(first, StoreEvent::Snapshot(vec![]));
@@ -344,7 +349,11 @@ async fn periodic_recheck_sends_snapshots() {
     }
     let harness = Harness::start(1).unwrap();
     let client = harness.nodes[0].client(false).await.unwrap();
-    let (mut rx, _task) = spawn_watch(client, Duration::from_millis(200));
+    let (mut rx, _task) = spawn_watch(
+        client,
+        Duration::from_millis(200),
+        Backoff::containerd_reconnect(1),
+    );
     for _ in 0..3 {
         let ev = wait_for(&mut rx, "snapshot", |_| true).await;
         assert_eq!(ev, StoreEvent::Snapshot(vec![]));
@@ -363,7 +372,11 @@ async fn subscription_resumes_after_containerd_restarts() {
     harness.registry.push(small).unwrap();
     harness.registry.push(multi).unwrap();
     let client = harness.nodes[0].client(true).await.unwrap();
-    let (mut rx, _task) = spawn_watch(client.clone(), Duration::from_secs(60));
+    let (mut rx, _task) = spawn_watch(
+        client.clone(),
+        Duration::from_secs(60),
+        Backoff::containerd_reconnect(1),
+    );
     wait_for(&mut rx, "initial snapshot", |e| {
         matches!(e, StoreEvent::Snapshot(_))
     })

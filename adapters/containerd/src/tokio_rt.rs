@@ -10,6 +10,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use crate::client::{Config, Containerd};
 use crate::error::{Error, Result};
 use crate::watch::{Sleep, StoreEvents, watch};
+use speil_core::backoff::Backoff;
 
 /// Builds a channel to containerd's gRPC socket on the tokio runtime. The channel reconnects
 /// by itself when containerd comes back after a restart.
@@ -53,12 +54,14 @@ impl Sleep for TokioSleep {
     }
 }
 
-/// Spawns [`watch`] on the current tokio runtime. Drop the [`StoreEvents`] to stop the task.
+/// Spawns [`watch`] on the current tokio runtime, reconnecting with `backoff` (the core's
+/// [`Backoff::containerd_reconnect`]). Drop the [`StoreEvents`] to stop the task.
 pub fn spawn_watch(
     client: Containerd,
     recheck: Duration,
+    backoff: Backoff,
 ) -> (StoreEvents, tokio::task::JoinHandle<()>) {
-    let (events, task) = watch(client, TokioSleep, recheck);
+    let (events, task) = watch(client, TokioSleep, recheck, backoff);
     (events, tokio::spawn(task))
 }
 

@@ -19,6 +19,7 @@ use futures::future::Either;
 use futures::{SinkExt, Stream, StreamExt, TryFutureExt};
 use prost::Message;
 use speil_core::Digest;
+use speil_core::backoff::Backoff;
 use speil_core::store::StoreEvent;
 
 use crate::client::Containerd;
@@ -29,10 +30,6 @@ pub trait Sleep: Send + Sync + 'static {
     /// A future that completes after `duration`.
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }
-
-/// Reconnect backoff: first and largest delay.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// The event topics followed.
 const TOPICS: [&str; 4] = [
@@ -90,6 +87,8 @@ struct Watcher<S> {
     client: Containerd,
     sleep: S,
     recheck: Duration,
+    /// The core's reconnect policy.
+    backoff: Backoff,
     tx: mpsc::Sender<StoreEvent>,
     /// Absent digests referenced by images, to re-walk when the blob arrives.
     missing: BTreeMap<Digest, BTreeSet<String>>,
@@ -119,6 +118,7 @@ pub fn watch<S: Sleep>(
     client: Containerd,
     sleep: S,
     recheck: Duration,
+    backoff: Backoff,
 ) -> (StoreEvents, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = mpsc::channel(64);
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -127,6 +127,7 @@ pub fn watch<S: Sleep>(
             client,
             sleep,
             recheck,
+            backoff,
             tx,
             missing: BTreeMap::new(),
         };
@@ -140,10 +141,9 @@ pub fn watch<S: Sleep>(
 
 impl<S: Sleep> Watcher<S> {
     async fn run(&mut self) {
-        let mut backoff = BACKOFF_MIN;
         let mut connected = true;
         loop {
-            match self.session(&mut connected, &mut backoff).await {
+            match self.session(&mut connected).await {
                 Stop::Closed => return,
                 Stop::Lost => {
                     if connected {
@@ -152,15 +152,15 @@ impl<S: Sleep> Watcher<S> {
                             return;
                         }
                     }
-                    self.sleep.sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    let delay = self.backoff.next_delay();
+                    self.sleep.sleep(delay).await;
                 }
             }
         }
     }
 
     /// One subscription: subscribe, snapshot, then follow events until something breaks.
-    async fn session(&mut self, connected: &mut bool, backoff: &mut Duration) -> Stop {
+    async fn session(&mut self, connected: &mut bool) -> Stop {
         let filters = TOPICS.iter().map(|t| format!("topic=={t:?}")).collect();
         let req = self.client.request(SubscribeRequest { filters });
         let mut events_client = EventsClient::new(self.client.channel());
@@ -176,7 +176,7 @@ impl<S: Sleep> Watcher<S> {
             return stop;
         }
         *connected = true;
-        *backoff = BACKOFF_MIN;
+        self.backoff.reset();
         if let Some(item) = early
             && let Err(stop) = self.on_item(item).await
         {

@@ -73,7 +73,11 @@ async fn run(nodes_n: usize, keys_per_node: usize, lookups: usize) {
     let mut seed_addr = String::new();
     for i in 0..nodes_n {
         let mut config = Config::new(Keypair::generate_ed25519(), SocketAddr::new(node_ip(i), 0));
-        config.rebootstrap_backoff = (Duration::from_millis(50), Duration::from_millis(500));
+        config.rebootstrap_backoff = speil_core::backoff::Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(500),
+            1,
+        );
         if i > 0 {
             config.bootstrap = Some(Arc::new(
                 StaticBootstrap::new(&[seed_addr.clone()]).expect("seed address"),

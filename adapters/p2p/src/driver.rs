@@ -86,7 +86,6 @@ pub fn start(
         shared: shared.clone(),
         local_peer_id: peer_id,
     };
-    let (min, max) = config.rebootstrap_backoff;
     let mut driver = Driver {
         swarm,
         commands,
@@ -101,9 +100,7 @@ pub fn start(
         bootstrap: config.bootstrap.clone(),
         bootstrap_timeout: config.bootstrap_timeout,
         bootstrapping: None,
-        backoff_min: min,
-        backoff_max: max.max(min),
-        backoff: min,
+        backoff: config.rebootstrap_backoff.clone(),
         timer: Delay::new(Duration::ZERO),
         routing_table_size: 0,
         republish_after_bootstrap: false,
@@ -196,9 +193,7 @@ struct Driver {
     bootstrap: Option<Arc<dyn Bootstrap>>,
     bootstrap_timeout: Duration,
     bootstrapping: Option<BoxFuture<'static, BootstrapResult>>,
-    backoff_min: Duration,
-    backoff_max: Duration,
-    backoff: Duration,
+    backoff: speil_core::backoff::Backoff,
     timer: Delay,
     routing_table_size: usize,
     republish_after_bootstrap: bool,
@@ -634,11 +629,9 @@ impl Driver {
         self.publish();
         let next = if self.routing_table_size == 0 {
             self.start_bootstrap();
-            let wait = self.backoff;
-            self.backoff = (self.backoff * 2).min(self.backoff_max);
-            wait
+            self.backoff.next_delay()
         } else {
-            self.backoff = self.backoff_min;
+            self.backoff.reset();
             CHECK_INTERVAL
         };
         self.timer = Delay::new(next);
@@ -719,7 +712,7 @@ impl Driver {
         let size: usize = self.kad().kbuckets().map(|b| b.num_entries()).sum();
         if size != self.routing_table_size {
             if size == 0 {
-                self.backoff = self.backoff_min;
+                self.backoff.reset();
                 self.timer = Delay::new(Duration::ZERO);
             } else if self.routing_table_size == 0 {
                 // Fill the routing table, then republish what was advertised meanwhile.

@@ -94,8 +94,9 @@ pub struct Config {
     pub max_records: usize,
     /// How long a connection without activity is kept open.
     pub idle_connection_timeout: Duration,
-    /// Re-bootstrap backoff while the routing table is empty: first and longest wait.
-    pub rebootstrap_backoff: (Duration, Duration),
+    /// Re-bootstrap backoff while the routing table is empty (the core's policy:
+    /// [`speil_core::backoff::Backoff::rebootstrap`], seeded from the peer id).
+    pub rebootstrap_backoff: speil_core::backoff::Backoff,
     /// Longest wait for one bootstrap source to answer before trying again.
     pub bootstrap_timeout: Duration,
 }
@@ -103,6 +104,7 @@ pub struct Config {
 impl Config {
     /// Spegel's defaults, listening on `listen` only (see [`Config::listen`] for several).
     pub fn new(keypair: Keypair, listen: SocketAddr) -> Self {
+        let seed = seed_of(&keypair.public().to_peer_id());
         Config {
             keypair,
             listen: vec![listen],
@@ -113,7 +115,7 @@ impl Config {
             max_provided_keys: 1 << 20,
             max_records: 1 << 20,
             idle_connection_timeout: Duration::from_secs(10 * 60),
-            rebootstrap_backoff: (Duration::from_millis(50), Duration::from_secs(10)),
+            rebootstrap_backoff: speil_core::backoff::Backoff::rebootstrap(seed),
             bootstrap_timeout: Duration::from_secs(10),
         }
     }
@@ -336,4 +338,11 @@ impl Stream for Lookup {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Provider>> {
         Pin::new(&mut self.rx).poll_next(cx)
     }
+}
+
+/// A seed for a node's random choices from its peer id: stable per node, different between
+/// nodes (the first 8 bytes of the SHA-256 of the peer id's bytes).
+pub fn seed_of(peer: &PeerId) -> u64 {
+    let digest = speil_core::Digest::sha256_of(&peer.to_bytes());
+    u64::from_str_radix(&digest.hex()[..16], 16).unwrap_or(0)
 }

@@ -20,7 +20,8 @@ pub fn ip(last: u8) -> IpAddr {
 /// A configuration for a test node on `127.0.0.<last>:<port>` with short timers.
 pub fn config(last: u8, port: u16) -> Config {
     let mut config = Config::new(Keypair::generate_ed25519(), SocketAddr::new(ip(last), port));
-    config.rebootstrap_backoff = (Duration::from_millis(50), Duration::from_millis(500));
+    config.rebootstrap_backoff =
+        speil_core::backoff::Backoff::new(Duration::from_millis(50), Duration::from_millis(500), 1);
     config.bootstrap_timeout = Duration::from_secs(3);
     config
 }

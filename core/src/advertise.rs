@@ -236,6 +236,8 @@ impl Advertiser {
 }
 
 #[cfg(test)]
+// A test picks any origin for its simulated time.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
 

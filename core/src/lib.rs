@@ -18,6 +18,10 @@
 //! 6. No `HashMap` iteration (determinism); ties are broken by the seeded RNG.
 //! 7. Dependencies are pure-data crates only; CI fails when `cargo tree -p speil-core -e normal`
 //!    lists an IO or runtime crate.
+//!
+//! `core/clippy.toml` holds 2 and 6 to the letter: clippy (with `-D warnings` in CI) refuses
+//! `Instant::now`, `SystemTime::now`, sleeping or spawning threads, and `HashMap`/`HashSet`
+//! anywhere in the core outside its tests.
 #![deny(missing_docs)]
 
 pub mod advertise;

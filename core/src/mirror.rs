@@ -1031,6 +1031,8 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
 }
 
 #[cfg(test)]
+// A test picks any origin for its simulated time.
+#[allow(clippy::disallowed_methods)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

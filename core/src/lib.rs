@@ -39,6 +39,7 @@ pub mod range;
 pub mod reference;
 pub mod request;
 pub mod store;
+pub mod walk;
 
 pub use digest::{Algorithm, Digest, DigestError};
 pub use error::{ErrorCode, FailReason, OciError};

@@ -17,10 +17,8 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
-use crate::walk::{self, MAX_MANIFEST_SIZE};
-
-/// The most blobs one image walk visits (a guard against absurd or cyclic graphs).
-const MAX_WALK_NODES: usize = 10_000;
+use speil_core::manifest::MAX_MANIFEST_SIZE;
+use speil_core::walk::{ImageWalk, Read, Step};
 
 /// How to reach containerd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -380,69 +378,49 @@ impl Containerd {
         Ok(self.walk_image_detailed(image).await?.0)
     }
 
-    /// Walks an image and also returns the referenced digests that are absent.
+    /// Walks an image and also returns the referenced digests that are absent. What to walk
+    /// is the core's [`ImageWalk`]; this answers its questions from the store.
     pub(crate) async fn walk_image_detailed(
         &self,
         image: &Image,
     ) -> Result<(ImageState, BTreeSet<Digest>)> {
         let target = target_digest(image)?;
-        let target_is_manifest = image.target.as_ref().is_some_and(|t| {
-            walk::is_manifest_media_type(&t.media_type) || t.media_type.is_empty()
-        });
-        let mut present = BTreeSet::new();
-        let mut absent = BTreeSet::new();
-        let mut seen = BTreeSet::new();
-        let mut queue = vec![(target.clone(), target_is_manifest)];
-        while let Some((digest, is_manifest)) = queue.pop() {
-            if !seen.insert(digest.clone()) {
-                continue;
-            }
-            if seen.len() > MAX_WALK_NODES {
-                tracing::warn!(image = %image.name, "image graph too large, walk truncated");
-                break;
-            }
-            let Some(info) = self.content_info(&digest).await? else {
-                absent.insert(digest);
-                continue;
-            };
-            present.insert(digest.clone());
-            if !is_manifest {
-                continue;
-            }
-            if info.size > MAX_MANIFEST_SIZE {
-                tracing::warn!(%digest, size = info.size, "manifest too large to walk");
-                continue;
-            }
-            let bytes = match self.read_small(&digest, MAX_MANIFEST_SIZE).await {
-                Ok(b) => b,
-                Err(e) if e.is_not_found() => {
-                    present.remove(&digest);
-                    absent.insert(digest);
-                    continue;
+        let media_type = image.target.as_ref().map_or("", |t| t.media_type.as_str());
+        let mut walk = ImageWalk::new(target.clone(), media_type);
+        loop {
+            match walk.poll_step() {
+                Step::Stat(digest) => {
+                    let size = self.content_info(&digest).await?.map(|i| i.size);
+                    walk.stat(&digest, size);
                 }
-                Err(e @ (Error::Rpc { .. } | Error::Connect { .. })) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(%digest, error = %e, "cannot read manifest");
-                    continue;
-                }
-            };
-            match walk::children(&bytes) {
-                Ok(children) => {
-                    // Reverse so that the stack visits children in document order.
-                    for c in children.into_iter().rev() {
-                        queue.push((c.digest, c.is_manifest));
+                Step::Read(digest) => {
+                    match self.read_small(&digest, MAX_MANIFEST_SIZE as u64).await {
+                        Ok(bytes) => walk.read(&digest, Read::Bytes(&bytes)),
+                        Err(e) if e.is_not_found() => walk.read(&digest, Read::NotFound),
+                        Err(e @ (Error::Rpc { .. } | Error::Connect { .. })) => return Err(e),
+                        Err(e) => {
+                            tracing::warn!(%digest, error = %e, "cannot read manifest");
+                            walk.read(&digest, Read::Unreadable);
+                        }
                     }
                 }
-                Err(reason) => tracing::warn!(%digest, %reason, "cannot walk manifest"),
+                Step::Done => break,
             }
+        }
+        let walked = walk.finish();
+        for (digest, reason) in &walked.skipped {
+            tracing::warn!(image = %image.name, %digest, %reason, "cannot walk manifest");
+        }
+        if walked.truncated {
+            tracing::warn!(image = %image.name, "image graph too large, walk truncated");
         }
         Ok((
             ImageState {
                 name: image.name.clone(),
                 target,
-                present: present.into_iter().collect(),
+                present: walked.present.into_iter().collect(),
             },
-            absent,
+            walked.absent,
         ))
     }
 

@@ -21,7 +21,6 @@ mod cri;
 mod error;
 mod introspection;
 pub mod tokio_rt;
-pub mod walk;
 mod watch;
 
 pub use client::{BlobBody, BlobRange, ByteStream, Config, Containerd, ContentInfo};

@@ -229,6 +229,11 @@ impl Handle {
     }
 
     fn send(&self, command: Command) -> Result<(), Error> {
+        // The driver marks itself stopped before its command channel is gone: a command sent
+        // in between would be accepted and never run.
+        if !self.shared().running {
+            return Err(Error::Stopped);
+        }
         self.commands
             .unbounded_send(command)
             .map_err(|_| Error::Stopped)

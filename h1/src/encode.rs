@@ -1,4 +1,5 @@
-//! Writing heads and chunks.
+//! Writing heads and chunks. The fields this module adds itself are written in their
+//! conventional case (`Content-Length`); the caller's as `http` keeps them (lower case).
 
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
@@ -50,7 +51,7 @@ pub fn encode_request_head(
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_str().as_bytes());
-    out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut rest = headers.clone();
@@ -92,12 +93,12 @@ fn fields(headers: &HeaderMap, framing: Framing, out: &mut Vec<u8>) {
 
 fn finish(framing: Framing, close: bool, out: &mut Vec<u8>) {
     match framing {
-        Framing::Length(n) => out.extend_from_slice(format!("content-length: {n}\r\n").as_bytes()),
-        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(n) => out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
         Framing::None | Framing::UntilClose => {}
     }
     if close || framing == Framing::UntilClose {
-        out.extend_from_slice(b"connection: close\r\n");
+        out.extend_from_slice(b"Connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -116,7 +117,7 @@ mod tests {
         encode_response_head(StatusCode::OK, &headers, Framing::Length(3), true, &mut out);
         assert_eq!(
             out,
-            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nContent-Length: 3\r\nConnection: close\r\n\r\n"
         );
         out.clear();
         encode_response_head(StatusCode::OK, &headers, Framing::None, false, &mut out);
@@ -132,7 +133,7 @@ mod tests {
             false,
             &mut out,
         );
-        assert_eq!(out, b"HTTP/1.1 599 \r\ntransfer-encoding: chunked\r\n\r\n");
+        assert_eq!(out, b"HTTP/1.1 599 \r\nTransfer-Encoding: chunked\r\n\r\n");
         out.clear();
         encode_chunk(b"hello", &mut out);
         encode_chunk(b"", &mut out);
@@ -162,7 +163,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             out,
-            b"GET /id?x=1 HTTP/1.1\r\nhost: [2001:db8::11]:5002\r\naccept: application/json\r\nconnection: close\r\n\r\n"
+            b"GET /id?x=1 HTTP/1.1\r\nHost: [2001:db8::11]:5002\r\naccept: application/json\r\nConnection: close\r\n\r\n"
         );
         for (target, host) in [
             ("/a b", "h"),

@@ -25,7 +25,7 @@ pub fn encode_response_head(
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    fields(headers, framing, out);
+    fields(headers, framing, false, out);
     finish(framing, close, out);
 }
 
@@ -54,9 +54,7 @@ pub fn encode_request_head(
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    let mut rest = headers.clone();
-    rest.remove(HOST);
-    fields(&rest, framing, out);
+    fields(headers, framing, true, out);
     finish(framing, close, out);
     Ok(())
 }
@@ -76,11 +74,13 @@ pub fn encode_last_chunk(out: &mut Vec<u8>) {
     out.extend_from_slice(b"0\r\n\r\n");
 }
 
-fn fields(headers: &HeaderMap, framing: Framing, out: &mut Vec<u8>) {
+/// Writes `headers` but the ones the encoder writes itself (`Host` too when `host` is ours).
+fn fields(headers: &HeaderMap, framing: Framing, host: bool, out: &mut Vec<u8>) {
     for (name, value) in headers {
         let ours = name == CONNECTION
             || name == TRANSFER_ENCODING
-            || (name == CONTENT_LENGTH && framing != Framing::None);
+            || (name == CONTENT_LENGTH && framing != Framing::None)
+            || (host && name == HOST);
         if ours {
             continue;
         }

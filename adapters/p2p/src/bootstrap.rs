@@ -651,7 +651,7 @@ async fn read_until<S: AsyncRead + Unpin + ?Sized>(
             break;
         }
         buf.extend_from_slice(&chunk[..n]);
-        if buf.len() > HTTP_MAX {
+        if buf.len() > HTTP_MAX && !enough(buf) {
             return Err(invalid_data("body too large"));
         }
     }

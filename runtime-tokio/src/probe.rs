@@ -1,16 +1,15 @@
 //! The two tiny HTTP pieces of `cleanup` and `cleanup-wait`: a `GET /readyz` responder and
-//! its probe. Both speak just enough HTTP/1.1 for kubelet probes and each other.
+//! its probe. Both speak HTTP/1.1 through `speil-h1`, for kubelet probes and each other.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use http::{HeaderMap, Method, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::ListenAddr;
-
-const MAX_HEAD: usize = 8 * 1024;
 
 /// Binds the first candidate address that works.
 pub async fn bind(addr: &ListenAddr) -> Result<TcpListener> {
@@ -52,28 +51,59 @@ pub async fn serve_readyz(listener: TcpListener, stop: impl std::future::Future<
     }
 }
 
-async fn answer(mut stream: TcpStream) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(512);
+/// Reads from `stream` into `buf` until `parse` finds a whole head (`Ok(None)` when the
+/// connection ends first, the inner error when the head is refused).
+async fn read_head<T>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    parse: impl Fn(&[u8]) -> Result<speil_h1::Status<(T, usize)>, speil_h1::Error>,
+) -> std::io::Result<Option<Result<T, speil_h1::Error>>> {
     let mut chunk = [0u8; 512];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+    loop {
+        match parse(buf) {
+            Ok(speil_h1::Status::Complete((head, _))) => return Ok(Some(Ok(head))),
+            Ok(speil_h1::Status::Partial) => {}
+            Err(e) => return Ok(Some(Err(e))),
+        }
         let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_HEAD {
-            return Ok(());
+        if n == 0 {
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let line = buf.split(|b| *b == b'\r').next().unwrap_or_default();
-    let mut parts = line.split(|b| *b == b' ');
-    let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default();
-    let ok = (method == b"GET" || method == b"HEAD")
-        && (path == b"/readyz" || path.starts_with(b"/readyz?"));
-    let response: &[u8] = if ok {
-        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    } else {
-        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+}
+
+async fn answer(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(512);
+    let limits = speil_h1::Limits::default();
+    let Some(head) = read_head(&mut stream, &mut buf, |b| {
+        speil_h1::parse_request(b, &limits)
+    })
+    .await?
+    else {
+        return Ok(());
     };
-    stream.write_all(response).await?;
+    let status = match head {
+        Err(e) => e.status(),
+        Ok(parts) => {
+            let ok =
+                matches!(parts.method, Method::GET | Method::HEAD) && parts.uri.path() == "/readyz";
+            if ok {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            }
+        }
+    };
+    let mut response = Vec::new();
+    speil_h1::encode_response_head(
+        status,
+        &HeaderMap::new(),
+        speil_h1::Framing::Length(0),
+        true,
+        &mut response,
+    );
+    stream.write_all(&response).await?;
     stream.shutdown().await
 }
 
@@ -81,19 +111,26 @@ async fn answer(mut stream: TcpStream) -> std::io::Result<()> {
 pub async fn probe_readyz(addr: SocketAddr, host: &str, timeout: Duration) -> bool {
     let attempt = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let request = format!("GET /readyz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await?;
-        let mut head = Vec::new();
-        let mut chunk = [0u8; 256];
-        while !head.contains(&b'\n') && head.len() < MAX_HEAD {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
+        let mut request = Vec::new();
+        speil_h1::encode_request_head(
+            &Method::GET,
+            "/readyz",
+            host,
+            &HeaderMap::new(),
+            speil_h1::Framing::None,
+            true,
+            &mut request,
+        )
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        stream.write_all(&request).await?;
+        let mut buf = Vec::new();
+        let limits = speil_h1::Limits::default();
+        let head = read_head(&mut stream, &mut buf, |b| {
+            speil_h1::parse_response(b, &limits)
+        })
+        .await?;
         Ok::<bool, std::io::Error>(
-            head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200"),
+            matches!(head, Some(Ok(parts)) if parts.status == StatusCode::OK),
         )
     };
     matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(true)))
@@ -118,6 +155,12 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 404"));
+        // An unreadable head gets its error status.
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /readyz HTTP/7\r\n\r\n").await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        assert!(out.starts_with("HTTP/1.1 400"), "{out}");
         tx.send(()).unwrap();
         server.await.unwrap();
         // Nothing listens any more.

@@ -1,10 +1,15 @@
-//! A tiny blocking HTTP/1.1 client for tests (loopback only).
+//! A tiny blocking HTTP/1.1 client for tests (loopback only), on the `speil-h1` codec.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use speil_h1::{ChunkedDecoder, Framing, Limits, Status};
+
+/// The largest response body the client reads.
+const MAX_BODY: u64 = 1 << 30;
 
 /// A complete HTTP response.
 #[derive(Debug, Clone)]
@@ -38,68 +43,98 @@ pub fn request(
     if !addr.ip().is_loopback() {
         bail!("test HTTP client only talks to loopback, not {addr}");
     }
+    let method = Method::from_bytes(method.as_bytes()).context("bad method")?;
+    let mut fields = HeaderMap::new();
+    for (n, v) in headers {
+        fields.append(
+            HeaderName::from_bytes(n.as_bytes()).with_context(|| format!("bad header {n:?}"))?,
+            HeaderValue::from_str(v).with_context(|| format!("bad value of {n}"))?,
+        );
+    }
+    let mut head = Vec::new();
+    speil_h1::encode_request_head(
+        &method,
+        path,
+        &addr.to_string(),
+        &fields,
+        Framing::None,
+        true,
+        &mut head,
+    )
+    .with_context(|| format!("cannot request {path:?}"))?;
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
         .with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (n, v) in headers {
-        head.push_str(&format!("{n}: {v}\r\n"));
-    }
-    head.push_str("\r\n");
-    stream.write_all(head.as_bytes())?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status: u16 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad status line {line:?}"))?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
+    stream.write_all(&head)?;
+
+    let limits = Limits {
+        max_head_bytes: 64 * 1024,
+        max_headers: 128,
+    };
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (parts, head_len) = loop {
+        if let Status::Complete(head) =
+            speil_h1::parse_response(&buf, &limits).context("bad response head")?
+        {
+            break head;
         }
-        let (n, v) = l
-            .split_once(':')
-            .with_context(|| format!("bad header {l:?}"))?;
-        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-    }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed inside the response head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    buf.drain(..head_len);
     let mut resp = Response {
-        status,
-        headers,
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
         body: Vec::new(),
     };
-    if method == "HEAD" || status == 204 || status == 304 {
-        return Ok(resp);
-    }
-    if resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        loop {
-            line.clear();
-            reader.read_line(&mut line)?;
-            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-                .with_context(|| format!("bad chunk size {line:?}"))?;
-            if size == 0 {
-                break;
+    match speil_h1::response_framing(&method, &parts).context("bad response framing")? {
+        Framing::None => {}
+        Framing::Length(n) => {
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n as u64 <= MAX_BODY)
+                .context("content-length too large")?;
+            buf.truncate(n);
+            if buf.len() < n {
+                let start = buf.len();
+                buf.resize(n, 0);
+                stream.read_exact(&mut buf[start..])?;
             }
-            let start = resp.body.len();
-            resp.body.resize(start + size, 0);
-            reader.read_exact(&mut resp.body[start..])?;
-            line.clear();
-            reader.read_line(&mut line)?;
+            resp.body = buf;
         }
-    } else if let Some(len) = resp.header("content-length") {
-        let len: usize = len.parse().context("bad content-length")?;
-        resp.body.resize(len, 0);
-        reader.read_exact(&mut resp.body)?;
-    } else {
-        reader.read_to_end(&mut resp.body)?;
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::new(MAX_BODY);
+            let mut input = buf;
+            while !decoder
+                .feed(&input, &mut resp.body)
+                .context("bad chunked body")?
+                .done
+            {
+                let n = stream.read(&mut chunk)?;
+                if n == 0 {
+                    bail!("connection closed inside a chunked body");
+                }
+                input.clear();
+                input.extend_from_slice(&chunk[..n]);
+            }
+        }
+        Framing::UntilClose => {
+            stream.read_to_end(&mut buf)?;
+            resp.body = buf;
+        }
     }
     Ok(resp)
 }
@@ -115,4 +150,58 @@ pub fn get_ok(addr: SocketAddr, path: &str) -> Result<Vec<u8>> {
         );
     }
     Ok(resp.body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// Serves one canned `answer` on loopback and returns what the client sent.
+    fn exchange(method: &str, answer: &'static [u8]) -> (Result<Response>, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = Vec::new();
+            let mut byte = [0u8; 1];
+            while !got.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap() == 1 {
+                got.push(byte[0]);
+            }
+            s.write_all(answer).unwrap();
+            String::from_utf8(got).unwrap()
+        });
+        let resp = request(addr, method, "/v2/x?y=1", &[("Range", "bytes=0-1")]);
+        (resp, server.join().unwrap())
+    }
+
+    #[test]
+    fn framings() {
+        let (r, sent) = exchange(
+            "GET",
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok",
+        );
+        assert!(
+            sent.starts_with("GET /v2/x?y=1 HTTP/1.1\r\nHost: 127.0.0.1:"),
+            "{sent}"
+        );
+        assert!(sent.contains("\r\nrange: bytes=0-1\r\n"), "{sent}");
+        let r = r.unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]));
+        assert_eq!(r.header("Content-Type"), Some("text/plain"));
+        let (r, _) = exchange(
+            "GET",
+            b"HTTP/1.1 206 Partial Content\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n2\r\nbc\r\n0\r\n\r\n",
+        );
+        assert_eq!(r.unwrap().body, b"abc");
+        let (r, _) = exchange("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n");
+        let r = r.unwrap();
+        assert!(r.body.is_empty());
+        assert_eq!(r.header("content-length"), Some("9"));
+        let (r, _) = exchange("GET", b"HTTP/1.0 404 Not Found\r\n\r\nnone");
+        assert_eq!(r.unwrap().body, b"none");
+        let (r, _) = exchange("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n");
+        assert!(r.is_err());
+    }
 }

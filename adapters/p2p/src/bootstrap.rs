@@ -8,7 +8,7 @@
 //!
 //! Name resolution and TCP connections go through the [`Resolver`] and [`Connector`] traits, so
 //! tests resolve from a hosts-file map and each runtime brings its own sockets. The HTTP client
-//! and server here are a small HTTP/1.1 over any `futures` byte stream; TLS (Spegel's
+//! and server here speak HTTP/1.1 with `speil-h1` over any `futures` byte stream; TLS (Spegel's
 //! `--http-bootstrap-cert-dir` client certificates) is not supported.
 
 use std::collections::BTreeMap;
@@ -521,19 +521,34 @@ fn invalid_data(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
 }
 
-/// Reads until the end of the message head (`\r\n\r\n`), at most [`HTTP_MAX`] bytes; returns
-/// the head and whatever body bytes came with it.
-async fn read_head<S: AsyncRead + Unpin + ?Sized>(s: &mut S) -> io::Result<(String, Vec<u8>)> {
-    let mut buf = Vec::new();
+fn h1_error(e: speil_h1::Error) -> io::Error {
+    invalid_data(e.to_string())
+}
+
+/// The bounds on the `/id` exchange's message heads.
+fn head_limits() -> speil_h1::Limits {
+    speil_h1::Limits::default()
+}
+
+/// Reads from `s` into `buf` until `parse` finds a whole head or refuses it (the inner error);
+/// leaves the bytes after the head in `buf`.
+async fn read_head<S, T>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    parse: impl Fn(&[u8]) -> Result<speil_h1::Status<(T, usize)>, speil_h1::Error>,
+) -> io::Result<Result<T, speil_h1::Error>>
+where
+    S: AsyncRead + Unpin + ?Sized,
+{
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let rest = buf.split_off(end + 4);
-            let head = String::from_utf8(buf).map_err(|_| invalid_data("head is not UTF-8"))?;
-            return Ok((head, rest));
-        }
-        if buf.len() > HTTP_MAX {
-            return Err(invalid_data("message head too large"));
+        match parse(buf) {
+            Ok(speil_h1::Status::Complete((head, len))) => {
+                buf.drain(..len);
+                return Ok(Ok(head));
+            }
+            Ok(speil_h1::Status::Partial) => {}
+            Err(e) => return Ok(Err(e)),
         }
         let n = s.read(&mut chunk).await?;
         if n == 0 {
@@ -553,124 +568,143 @@ pub async fn http_get<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     host: &str,
     path: &str,
 ) -> io::Result<String> {
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+    let mut request = Vec::new();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
     );
-    s.write_all(request.as_bytes()).await?;
+    speil_h1::encode_request_head(
+        &http::Method::GET,
+        path,
+        host,
+        &headers,
+        speil_h1::Framing::None,
+        true,
+        &mut request,
+    )
+    .map_err(|_| invalid_data(format!("cannot request {path:?} from {host:?}")))?;
+    s.write_all(&request).await?;
     s.flush().await?;
-    let (head, mut body) = read_head(s).await?;
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or("");
-    let code = status.split(' ').nth(1).unwrap_or("");
-    if !status.starts_with("HTTP/1.") || code != "200" {
-        return Err(invalid_data(format!("answer {status:?}")));
+    let mut buf = Vec::new();
+    let limits = head_limits();
+    let head = read_head(s, &mut buf, |b| speil_h1::parse_response(b, &limits))
+        .await?
+        .map_err(h1_error)?;
+    if head.status != http::StatusCode::OK {
+        return Err(invalid_data(format!("answer {}", head.status)));
     }
-    let mut length = None;
-    let mut chunked = false;
-    for line in lines {
-        let Some((name, value)) = line.split_once(':') else {
-            continue;
-        };
-        let value = value.trim();
-        if name.eq_ignore_ascii_case("content-length") {
-            let n: usize = value
-                .parse()
-                .map_err(|_| invalid_data("bad Content-Length"))?;
-            if n > HTTP_MAX {
-                return Err(invalid_data("body too large"));
+    let body = match speil_h1::response_framing(&http::Method::GET, &head).map_err(h1_error)? {
+        speil_h1::Framing::None => Vec::new(),
+        speil_h1::Framing::Length(n) => {
+            let n = usize::try_from(n)
+                .ok()
+                .filter(|&n| n <= HTTP_MAX)
+                .ok_or_else(|| invalid_data("body too large"))?;
+            read_until(s, &mut buf, |b| b.len() >= n).await?;
+            if buf.len() < n {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "body shorter than Content-Length",
+                ));
             }
-            length = Some(n);
-        } else if name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value.eq_ignore_ascii_case("chunked");
+            buf.truncate(n);
+            buf
         }
-    }
-    // Read to the end (the server closes), bounded.
+        speil_h1::Framing::UntilClose => {
+            read_until(s, &mut buf, |_| false).await?;
+            buf
+        }
+        speil_h1::Framing::Chunked => {
+            let mut decoder = speil_h1::ChunkedDecoder::new(HTTP_MAX as u64);
+            let mut body = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let mut input = std::mem::take(&mut buf);
+            while !decoder.feed(&input, &mut body).map_err(h1_error)?.done {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a chunked body",
+                    ));
+                }
+                input.clear();
+                input.extend_from_slice(&chunk[..n]);
+            }
+            body
+        }
+    };
+    String::from_utf8(body).map_err(|_| invalid_data("body is not UTF-8"))
+}
+
+/// Reads from `s` into `buf` until `enough` says so or the connection ends, at most
+/// [`HTTP_MAX`] bytes.
+async fn read_until<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    enough: impl Fn(&[u8]) -> bool,
+) -> io::Result<()> {
     let mut chunk = [0u8; 4096];
-    while length.is_none_or(|n| body.len() < n) {
+    while !enough(buf) {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
             break;
         }
-        body.extend_from_slice(&chunk[..n]);
-        if body.len() > HTTP_MAX + 64 {
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > HTTP_MAX && !enough(buf) {
             return Err(invalid_data("body too large"));
         }
     }
-    if let Some(n) = length {
-        if body.len() < n {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "body shorter than Content-Length",
-            ));
-        }
-        body.truncate(n);
-    } else if chunked {
-        body = dechunk(&body).ok_or_else(|| invalid_data("bad chunked body"))?;
-    }
-    String::from_utf8(body).map_err(|_| invalid_data("body is not UTF-8"))
-}
-
-/// Decodes a complete chunked body.
-fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&data[..line_end]).ok()?;
-        let size_text = size_text.split(';').next()?.trim();
-        let size = usize::from_str_radix(size_text, 16).ok()?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Some(out);
-        }
-        // A hostile size must not overflow: every sum is checked.
-        let with_crlf = size.checked_add(2)?;
-        if data.len() < with_crlf || out.len().checked_add(size)? > HTTP_MAX {
-            return None;
-        }
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
+    Ok(())
 }
 
 /// Answers one HTTP connection of the `/id` server: `GET /id` gets `body`, anything else a 404
-/// (or 405 for other methods on `/id`). The connection is closed afterwards.
+/// (or 405 for other methods on `/id`); a head that cannot be read gets its error status. The
+/// connection is closed afterwards.
 pub async fn serve_id_connection<S: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     s: &mut S,
     body: impl FnOnce() -> String,
 ) -> io::Result<()> {
-    let (head, _) = read_head(s).await?;
-    let request_line = head.split("\r\n").next().unwrap_or("");
-    let mut parts = request_line.split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, content_type, body) = match (method, path) {
-        ("GET", "/id") => ("200 OK", "application/json", body()),
-        (_, "/id") => ("405 Method Not Allowed", "text/plain", String::new()),
-        _ => ("404 Not Found", "text/plain", "not found\n".to_owned()),
+    let mut buf = Vec::new();
+    let limits = head_limits();
+    let head = read_head(s, &mut buf, |b| speil_h1::parse_request(b, &limits)).await?;
+    let (status, content_type, body) = match head {
+        Err(e) => (e.status(), "text/plain", format!("{e}\n")),
+        Ok(parts) => match (parts.method, parts.uri.path()) {
+            (http::Method::GET, "/id") => (http::StatusCode::OK, "application/json", body()),
+            (_, "/id") => (
+                http::StatusCode::METHOD_NOT_ALLOWED,
+                "text/plain",
+                String::new(),
+            ),
+            _ => (
+                http::StatusCode::NOT_FOUND,
+                "text/plain",
+                "not found\n".to_owned(),
+            ),
+        },
     };
-    let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
     );
-    s.write_all(response.as_bytes()).await?;
+    let mut response = Vec::new();
+    speil_h1::encode_response_head(
+        status,
+        &headers,
+        speil_h1::Framing::Length(body.len() as u64),
+        true,
+        &mut response,
+    );
+    response.extend_from_slice(body.as_bytes());
+    s.write_all(&response).await?;
     s.flush().await?;
     s.close().await
 }
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn dechunk_refuses_sizes_that_would_overflow() {
-        assert_eq!(
-            super::dechunk(b"1\r\nx\r\nffffffffffffffff\r\n0\r\n\r\n"),
-            None
-        );
-        assert_eq!(
-            super::dechunk(b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n").as_deref(),
-            Some(&b"abc"[..])
-        );
-    }
-
     use super::*;
 
     #[test]
@@ -989,16 +1023,6 @@ mod tests {
     }
 
     #[test]
-    fn chunked() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").unwrap(),
-            b"abcde"
-        );
-        assert!(dechunk(b"zz\r\n").is_none());
-        assert!(dechunk(b"5\r\nab").is_none());
-    }
-
-    #[test]
     fn http_exchange_over_memory() {
         // Server side on a canned request.
         let mut server = futures::io::Cursor::new(b"GET /id HTTP/1.1\r\nHost: x\r\n\r\n".to_vec());
@@ -1006,5 +1030,45 @@ mod tests {
         let written = String::from_utf8(server.into_inner()).unwrap();
         assert!(written.contains("HTTP/1.1 200 OK\r\n"), "{written}");
         assert!(written.ends_with("Content-Length: 3\r\nConnection: close\r\n\r\n[1]"));
+    }
+
+    fn get_over(answer: &[u8]) -> io::Result<String> {
+        let mut conn = Canned {
+            answer: futures::io::Cursor::new(answer.to_vec()),
+            written: Arc::new(std::sync::Mutex::new(Vec::new())),
+        };
+        futures::executor::block_on(http_get(&mut conn, "h", "/id"))
+    }
+
+    #[test]
+    fn http_get_framings() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[1\r\n1;x\r\n]\r\n0\r\n\r\n";
+        assert_eq!(get_over(chunked).unwrap(), "[1]");
+        assert_eq!(get_over(b"HTTP/1.0 200 OK\r\n\r\n[2]").unwrap(), "[2]");
+        assert_eq!(
+            get_over(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n[3]extra").unwrap(),
+            "[3]"
+        );
+        assert!(get_over(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n").is_err());
+        assert!(get_over(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n[3]").is_err());
+        assert!(get_over(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n[1").is_err());
+        assert!(get_over(b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n[3]").is_err());
+        assert!(get_over(b"HTTP/1.1 200 OK\r\nContent-Length: 999999999\r\n\r\n").is_err());
+        assert!(get_over(b"HTTP/1.1 200 OK\r\n").is_err());
+    }
+
+    #[test]
+    fn id_server_answers_bad_heads() {
+        let answer = |request: Vec<u8>| {
+            let mut server = futures::io::Cursor::new(request);
+            futures::executor::block_on(serve_id_connection(&mut server, || "[1]".into())).unwrap();
+            String::from_utf8_lossy(&server.into_inner()).into_owned()
+        };
+        let huge = format!("GET /id HTTP/1.1\r\nX: {}\r\n\r\n", "x".repeat(20_000));
+        assert!(answer(huge.into_bytes()).contains("HTTP/1.1 431 "));
+        assert!(answer(b"GET /id HTTP/9\r\n\r\n".to_vec()).contains("HTTP/1.1 400 "));
+        assert!(answer(b"PUT /id HTTP/1.1\r\n\r\n".to_vec()).contains("HTTP/1.1 405 "));
+        assert!(answer(b"GET /id?x=1 HTTP/1.1\r\n\r\n".to_vec()).contains("HTTP/1.1 200 OK"));
+        assert!(answer(b"GET /x HTTP/1.1\r\n\r\n".to_vec()).contains("HTTP/1.1 404 "));
     }
 }

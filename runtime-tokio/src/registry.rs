@@ -270,7 +270,6 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     // The node and its driver.
     let (store_events, _watch) = speil_containerd::tokio_rt::spawn_watch(
         ctd.clone(),
-        Duration::from_secs(24 * 3600),
         speil_core::backoff::Backoff::containerd_reconnect(seed_of(&peer_id)),
     );
     let mut config = NodeConfig::new(peer_id);

@@ -58,10 +58,9 @@ impl Sleep for TokioSleep {
 /// [`Backoff::containerd_reconnect`]). Drop the [`StoreEvents`] to stop the task.
 pub fn spawn_watch(
     client: Containerd,
-    recheck: Duration,
     backoff: Backoff,
 ) -> (StoreEvents, tokio::task::JoinHandle<()>) {
-    let (events, task) = watch(client, TokioSleep, recheck, backoff);
+    let (events, task) = watch(client, TokioSleep, backoff);
     (events, tokio::spawn(task))
 }
 

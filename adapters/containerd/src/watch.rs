@@ -15,7 +15,6 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Envelope;
 use futures::channel::{mpsc, oneshot};
-use futures::future::Either;
 use futures::{SinkExt, Stream, StreamExt, TryFutureExt};
 use prost::Message;
 use speil_core::Digest;
@@ -86,7 +85,6 @@ enum Stop {
 struct Watcher<S> {
     client: Containerd,
     sleep: S,
-    recheck: Duration,
     /// The core's reconnect policy.
     backoff: Backoff,
     tx: mpsc::Sender<StoreEvent>,
@@ -111,13 +109,13 @@ impl Stream for StoreEvents {
 
 /// Follows the store: returns the event stream and the future that feeds it (spawn it on
 /// the runtime). The future never gives up on containerd failures: it emits
-/// [`StoreEvent::Disconnected`] once per outage, reconnects with backoff and resyncs with a
-/// [`StoreEvent::Snapshot`]. Every `recheck` it sends a full snapshot (containerd's garbage
-/// collection removes content without an event). It ends when the [`StoreEvents`] is dropped.
+/// [`StoreEvent::Disconnected`] once per outage, reconnects after the delays `backoff` gives
+/// and resyncs with a [`StoreEvent::Snapshot`]. Periodic re-checks (containerd's garbage
+/// collection removes content without an event) are the core's: its timer asks the driver for
+/// a snapshot. It ends when the [`StoreEvents`] is dropped.
 pub fn watch<S: Sleep>(
     client: Containerd,
     sleep: S,
-    recheck: Duration,
     backoff: Backoff,
 ) -> (StoreEvents, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = mpsc::channel(64);
@@ -126,7 +124,6 @@ pub fn watch<S: Sleep>(
         let mut w = Watcher {
             client,
             sleep,
-            recheck,
             backoff,
             tx,
             missing: BTreeMap::new(),
@@ -182,21 +179,10 @@ impl<S: Sleep> Watcher<S> {
         {
             return stop;
         }
-        let mut timer = self.sleep.sleep(self.recheck);
         loop {
-            match futures::future::select(events.next(), timer).await {
-                Either::Left((item, t)) => {
-                    timer = t;
-                    if let Err(stop) = self.on_item(item).await {
-                        return stop;
-                    }
-                }
-                Either::Right(((), _)) => {
-                    if let Err(stop) = self.send_snapshot().await {
-                        return stop;
-                    }
-                    timer = self.sleep.sleep(self.recheck);
-                }
+            let item = events.next().await;
+            if let Err(stop) = self.on_item(item).await {
+                return stop;
             }
         }
     }

@@ -62,6 +62,13 @@ impl FakeContentSource {
             .insert(image.to_owned(), digest.clone());
     }
 
+    /// Forgets an image and a blob without any store event (as containerd's garbage
+    /// collection does).
+    pub fn forget(&self, image: &str, digest: &Digest) {
+        self.tags.lock().unwrap().remove(image);
+        self.blobs.lock().unwrap().remove(digest);
+    }
+
     pub fn set_behaviour(&self, b: Behaviour) {
         *self.behaviour.lock().unwrap() = b;
     }
@@ -311,11 +318,24 @@ pub async fn start_node(
     source: Arc<FakeContentSource>,
     server: ServerConfig,
 ) -> TestNode {
+    start_node_with(me, listener, dht, source, server, |_| {}).await
+}
+
+/// [`start_node`] with the node's configuration changed by `tune` first.
+pub async fn start_node_with(
+    me: u32,
+    listener: TcpListener,
+    dht: Arc<FakeDht>,
+    source: Arc<FakeContentSource>,
+    server: ServerConfig,
+    tune: impl FnOnce(&mut NodeConfig<u32>),
+) -> TestNode {
     let addr = listener.local_addr().unwrap();
     dht.register(me, addr.ip());
     let mut cfg = NodeConfig::new(me);
     cfg.mirror = mirror_config();
     cfg.seed = u64::from(me);
+    tune(&mut cfg);
     let metrics = Arc::new(Metrics::default());
     let snapshot = StoreEvent::Snapshot(source.images());
     let store_events = futures::stream::iter(vec![snapshot])

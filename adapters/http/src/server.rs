@@ -30,18 +30,10 @@ use crate::driver::{Decision, DriverHandle, Shared};
 use crate::metrics::{HandlerLabel, HttpLabels};
 use crate::source::ContentSource;
 
-/// The read buffer of a server connection: requests whose head is larger are refused by
-/// hyper with 431 before they are parsed; heads between [`HEADERS_MAX`] and this size are
-/// refused by the parser with an OCI error.
+/// The read buffer of a server connection: a request whose head is larger is refused before
+/// it is parsed; heads between [`HEADERS_MAX`] and this size are refused by the parser with
+/// an OCI error.
 pub const MAX_BUF_SIZE: usize = 2 * HEADERS_MAX;
-
-/// A hyper HTTP/1 server builder with speil's limits (the runtime serves each connection
-/// with it, e.g. `server_builder().serve_connection(io, service)`).
-pub fn server_builder() -> hyper::server::conn::http1::Builder {
-    let mut b = hyper::server::conn::http1::Builder::new();
-    b.max_buf_size(MAX_BUF_SIZE).max_headers(100);
-    b
-}
 
 /// Where basic-auth credentials come from.
 #[derive(Debug, Clone)]

@@ -249,6 +249,12 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
             speil_p2p::identity::load_psk(path)
                 .map_err(|e| usage(format!("--libp2p-psk-file: {e}")))?,
         );
+    } else {
+        tracing::warn!(
+            "no --libp2p-psk-file: anyone who reaches the router port can join the DHT and \
+             answer tag lookups with manifests of its own; give every node the same pre-shared \
+             key (speil's Helm chart does by default)"
+        );
     }
     let handle =
         speil_p2p::tokio_rt::start(p2p).map_err(|e| failure(format!("--router-addr: {e}")))?;

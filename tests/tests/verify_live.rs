@@ -120,6 +120,8 @@ fn on_containerd_2(generation: Generation) {
     // Default flags: the registry starts (it keeps running until stopped).
     let (code, err) = registry_exit(&h, Duration::from_secs(3));
     assert_eq!(code, None, "registry exited: {err}");
+    // Without a pre-shared key the DHT is open, and the log says so.
+    assert!(err.contains("no --libp2p-psk-file"), "{err}");
 
     // A verified error refuses the start with the doctor's message.
     let text = std::fs::read_to_string(&config).unwrap();

@@ -18,7 +18,7 @@
 //!
 //! The API is `GET`/`HEAD` without request bodies, which keeps the loop small:
 //!
-//! - request heads are parsed with `httparse`, at most [`MAX_BUF_SIZE`] bytes and
+//! - request heads are parsed with the pure `speil-h1` codec, at most [`MAX_BUF_SIZE`] bytes and
 //!   [`MAX_HEADERS`] header lines (else 431 with an OCI error, or 400 for a malformed head,
 //!   and the connection is closed); the service applies its own, smaller limits (16 KiB of
 //!   headers, 4 KiB of path) with OCI errors, as under hyper;
@@ -189,7 +189,7 @@ impl Conn {
                     return Ok(Close::Linger);
                 }
             };
-            let has_body = match request_has_body(&head.headers) {
+            let has_body = match request_has_body(head.version, &head.headers) {
                 Ok(b) => b,
                 Err(why) => {
                     tracing::debug!(error = %why, "malformed request head");
@@ -596,82 +596,49 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Parses a request head from the start of `buf`: `None` when it is not complete yet, else
-/// the head and its length.
+/// The bounds of a request head, for the codec.
+const LIMITS: speil_h1::Limits = speil_h1::Limits {
+    max_head_bytes: MAX_BUF_SIZE,
+    max_headers: MAX_HEADERS,
+};
+
+/// Parses a request head from the start of `buf` with the h1 codec: `None` when it is not
+/// complete yet, else the head and its length.
 fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
-    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut lines);
-    let n = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge(buf.len())),
-        Err(e) => return Err(HeadError::Malformed(e.to_string())),
-    };
-    let malformed = |what: &str| HeadError::Malformed(what.to_owned());
-    let method = Method::from_bytes(req.method.unwrap_or_default().as_bytes())
-        .map_err(|_| malformed("invalid method"))?;
-    let uri: http::Uri = req
-        .path
-        .unwrap_or_default()
-        .parse()
-        .map_err(|_| malformed("invalid request target"))?;
-    let version = match req.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut headers = HeaderMap::with_capacity(req.headers.len());
-    for line in req.headers.iter() {
-        let name =
-            HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| malformed("header name"))?;
-        let value = HeaderValue::from_bytes(line.value).map_err(|_| malformed("header value"))?;
-        headers.append(name, value);
+    match speil_h1::parse_request(buf, &LIMITS) {
+        Ok(speil_h1::Status::Complete((parts, n))) => Ok(Some((
+            Head {
+                method: parts.method,
+                uri: parts.uri,
+                version: parts.version,
+                headers: parts.headers,
+            },
+            n,
+        ))),
+        Ok(speil_h1::Status::Partial) => Ok(None),
+        Err(speil_h1::Error::HeadTooLarge | speil_h1::Error::TooManyHeaders) => {
+            Err(HeadError::TooLarge(buf.len()))
+        }
+        Err(e) => Err(HeadError::Malformed(e.to_string())),
     }
-    Ok(Some((
-        Head {
-            method,
-            uri,
-            version,
-            headers,
-        },
-        n,
-    )))
 }
 
-/// Whether the request announces a body; an error for an invalid or ambiguous length.
-fn request_has_body(headers: &HeaderMap) -> Result<bool, String> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        return Ok(true);
+/// Whether the request announces a body (the codec's framing rules); an error for an
+/// invalid, ambiguous or unsupported framing.
+fn request_has_body(version: Version, headers: &HeaderMap) -> Result<bool, String> {
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.version = version;
+    parts.headers = headers.clone();
+    match speil_h1::request_framing(&parts) {
+        Ok(speil_h1::Framing::None) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(e.to_string()),
     }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        let n = value
-            .to_str()
-            .ok()
-            .map(str::trim)
-            .filter(|s| !s.is_empty() && s.len() <= 19 && s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or("invalid Content-Length")?;
-        if length.is_some_and(|l| l != n) {
-            return Err("conflicting Content-Length headers".to_owned());
-        }
-        length = Some(n);
-    }
-    Ok(length.is_some_and(|n| n > 0))
 }
 
 /// Whether the client asks to keep the connection open after the response.
 fn keep_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-        })
-    };
-    if version == Version::HTTP_10 {
-        has("keep-alive")
-    } else {
-        !has("close")
-    }
+    speil_h1::keep_alive(version, headers)
 }
 
 /// The response's own `Content-Length`, when it has exactly one valid value.
@@ -813,19 +780,29 @@ mod tests {
             }
             h
         };
-        assert_eq!(request_has_body(&map(&[])), Ok(false));
+        assert_eq!(request_has_body(Version::HTTP_11, &map(&[])), Ok(false));
         assert_eq!(
-            request_has_body(&map(&[("content-length", "0")])),
+            request_has_body(Version::HTTP_11, &map(&[("content-length", "0")])),
             Ok(false)
         );
-        assert_eq!(request_has_body(&map(&[("content-length", "5")])), Ok(true));
         assert_eq!(
-            request_has_body(&map(&[("transfer-encoding", "chunked")])),
+            request_has_body(Version::HTTP_11, &map(&[("content-length", "5")])),
             Ok(true)
         );
-        assert!(request_has_body(&map(&[("content-length", "-1")])).is_err());
+        assert_eq!(
+            request_has_body(Version::HTTP_11, &map(&[("transfer-encoding", "chunked")])),
+            Ok(true)
+        );
+        assert!(request_has_body(Version::HTTP_11, &map(&[("content-length", "-1")])).is_err());
         assert!(
-            request_has_body(&map(&[("content-length", "1"), ("content-length", "2")])).is_err()
+            request_has_body(Version::HTTP_11, &map(&[("transfer-encoding", "gzip")])).is_err()
+        );
+        assert!(
+            request_has_body(
+                Version::HTTP_11,
+                &map(&[("content-length", "1"), ("content-length", "2")])
+            )
+            .is_err()
         );
         assert!(keep_alive(Version::HTTP_11, &map(&[])));
         assert!(!keep_alive(

@@ -319,7 +319,13 @@ impl Conn {
         self.out.clear();
         self.queued = 0;
         let mut head = Vec::with_capacity(512);
-        encode_head(&mut head, status, headers);
+        let wire = match framing {
+            Framing::Empty => speil_h1::Framing::None,
+            Framing::Length(n) => speil_h1::Framing::Length(n),
+            Framing::Chunked => speil_h1::Framing::Chunked,
+            Framing::Close => speil_h1::Framing::UntilClose,
+        };
+        speil_h1::encode_response_head(status, headers, wire, !keep_alive, &mut head);
         self.queue(Bytes::from(head));
 
         match framing {
@@ -649,22 +655,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         return None;
     }
     value.to_str().ok()?.trim().parse().ok()
-}
-
-/// Appends the status line and headers of a response.
-fn encode_head(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// An HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).

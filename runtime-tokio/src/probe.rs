@@ -11,14 +11,20 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::cli::ListenAddr;
 
-/// Binds the first candidate address that works.
+/// Binds the first candidate address that works; `[::]` (what `:PORT` means) for both
+/// families.
 pub async fn bind(addr: &ListenAddr) -> Result<TcpListener> {
     let mut last = None;
     for candidate in addr
         .candidates()
         .with_context(|| format!("cannot resolve {addr}"))?
     {
-        match TcpListener::bind(candidate).await {
+        let bound = if candidate.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
+            bind_dual_stack(candidate)
+        } else {
+            TcpListener::bind(candidate).await
+        };
+        match bound {
             Ok(l) => return Ok(l),
             Err(e) => last = Some((candidate, e)),
         }
@@ -27,6 +33,19 @@ pub async fn bind(addr: &ListenAddr) -> Result<TcpListener> {
         Some((a, e)) => Err(e).with_context(|| format!("cannot listen on {a}")),
         None => anyhow::bail!("{addr} resolves to no address"),
     }
+}
+
+/// Binds `[::]:port` for both families: `IPV6_V6ONLY` off whatever `net.ipv6.bindv6only`
+/// says, so IPv4 clients arrive as IPv4-mapped addresses on the same socket.
+pub fn bind_dual_stack(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_only_v6(false)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Answers `GET /readyz` (and `HEAD`) with 200 and anything else with 404, until `stop`
@@ -139,6 +158,28 @@ pub async fn probe_readyz(addr: SocketAddr, host: &str, timeout: Duration) -> bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `cleanup --addr=:PORT` (the chart's form) answers probes over IPv4 and IPv6.
+    #[tokio::test]
+    async fn an_unspecified_host_serves_readyz_to_both_families() {
+        let listener = bind(&crate::cli::parse_listen_addr(":0").unwrap())
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve_readyz(listener, async {
+            let _ = rx.await;
+        }));
+        for ip in ["127.0.0.1", "::1"] {
+            let addr = std::net::SocketAddr::new(ip.parse().unwrap(), port);
+            assert!(
+                probe_readyz(addr, "x", Duration::from_secs(1)).await,
+                "{addr}"
+            );
+        }
+        let _ = tx.send(());
+        server.await.unwrap();
+    }
 
     #[tokio::test]
     async fn readyz_round_trip() {

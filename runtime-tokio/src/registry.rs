@@ -69,7 +69,7 @@ async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
     let mut last = None;
     for a in candidates {
         let bound = if a.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
-            bind_dual_stack(a)
+            crate::probe::bind_dual_stack(a)
         } else {
             TcpListener::bind(a).await
         };
@@ -95,19 +95,6 @@ async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
         )),
         None => usage(format!("{flag}: no address to listen on")),
     })
-}
-
-/// Binds `[::]:port` for both families: `IPV6_V6ONLY` off whatever `net.ipv6.bindv6only`
-/// says, so IPv4 clients arrive as IPv4-mapped addresses on the same socket.
-fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_only_v6(false)?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
 }
 
 /// The router's listen addresses: `:PORT` and `[::]:PORT` are both families (libp2p has one

@@ -2,13 +2,13 @@
 //! `hosts.toml` that `speil configuration` writes — the shape of a real cluster.
 
 use std::net::IpAddr;
-use std::process::Command;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
 use crate::images::TestImage;
-use crate::speil::{self, Ports, Speil};
+use crate::speil::{Ports, Speil};
 use crate::{Generation, Harness, Node};
 
 /// Which containerd generations a cluster's nodes run.
@@ -78,22 +78,7 @@ impl Cluster {
 
 /// Writes the node's `hosts.toml` with `speil configuration`, as the init container does.
 pub fn configure(node: &Node, s: &Speil, registry: &str) -> Result<()> {
-    let out = Command::new(speil::binary()?)
-        .arg("configuration")
-        .arg(format!(
-            "--containerd-registry-config-path={}",
-            node.certs_dir().display()
-        ))
-        .arg(format!("--mirror-targets={}", s.mirror_url()))
-        .arg(format!("--mirrored-registries=http://{registry}"))
-        .output()?;
-    if !out.status.success() {
-        bail!(
-            "speil configuration failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    crate::netns::configure_target(node, &s.mirror_url(), registry)
 }
 
 /// Waits until speil `s` answers 200 for `HEAD` of the image's tag (the tag is findable

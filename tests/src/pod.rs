@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -288,24 +288,15 @@ impl Container {
     }
 }
 
-/// A network namespace with one address on its loopback, removed (with its `/etc/netns`
-/// files) on drop.
+/// A pod's network: a namespace with the node's address, made by this sandbox (and removed
+/// with it) or by a [`crate::netns::Lan`].
 #[derive(Debug)]
 pub struct Sandbox {
     name: String,
-    etc: PathBuf,
     /// The node's IP inside the namespace.
     pub ip: IpAddr,
-    /// Whether this sandbox made the namespace (and removes it on drop).
-    owned: bool,
-}
-
-fn run(cmd: &mut Command) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(out)
+    /// The namespace, when this sandbox made it (dropping it deletes it).
+    _own: Option<crate::netns::Netns>,
 }
 
 impl Sandbox {
@@ -314,39 +305,28 @@ impl Sandbox {
     /// loopback.
     pub fn new(tag: &str, ip: IpAddr, names: &[String]) -> Result<Sandbox> {
         let name = format!("speil-{tag}-{}", std::process::id());
-        let etc = PathBuf::from("/etc/netns").join(&name);
-        run(Command::new("ip").args(["netns", "add", &name]))?;
-        let sandbox = Sandbox {
-            name,
-            etc,
-            ip,
-            owned: true,
-        };
-        let ns = sandbox.name.as_str();
-        run(Command::new("ip").args(["-n", ns, "link", "set", "lo", "up"]))?;
+        let ns = crate::netns::Netns::create(&name)?;
         let prefix = if ip.is_ipv4() { "32" } else { "128" };
-        let mut add = Command::new("ip");
-        add.args([
-            "-n",
-            ns,
-            "addr",
-            "add",
-            &format!("{ip}/{prefix}"),
-            "dev",
-            "lo",
-        ]);
+        let cidr = format!("{ip}/{prefix}");
+        let mut add = vec!["addr", "add", cidr.as_str(), "dev", "lo"];
         if ip.is_ipv6() {
-            add.arg("nodad");
+            add.push("nodad");
         }
-        run(&mut add)?;
-        std::fs::create_dir_all(&sandbox.etc)?;
+        ns.ip(&add)?;
         let mut hosts = "127.0.0.1 localhost\n::1 localhost\n".to_owned();
         for n in names {
             hosts.push_str(&format!("{ip} {n} {}\n", n.trim_end_matches('.')));
         }
-        std::fs::write(sandbox.etc.join("hosts"), hosts)?;
-        std::fs::write(sandbox.etc.join("resolv.conf"), "nameserver 127.0.0.1\n")?;
-        Ok(sandbox)
+        ns.write_hosts(&hosts)?;
+        std::fs::write(
+            PathBuf::from("/etc/netns").join(&name).join("resolv.conf"),
+            "nameserver 127.0.0.1\n",
+        )?;
+        Ok(Sandbox {
+            name,
+            ip,
+            _own: Some(ns),
+        })
     }
 
     /// A sandbox in a namespace someone else made and removes (a host of a
@@ -354,9 +334,8 @@ impl Sandbox {
     pub fn existing(name: &str, ip: IpAddr) -> Sandbox {
         Sandbox {
             name: name.to_owned(),
-            etc: PathBuf::from("/etc/netns").join(name),
             ip,
-            owned: false,
+            _own: None,
         }
     }
 
@@ -416,18 +395,6 @@ impl Sandbox {
             IpAddr::V4(ip) => format!("http://{ip}"),
             IpAddr::V6(ip) => format!("http://[{ip}]"),
         }
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        if !self.owned {
-            return;
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = std::fs::remove_dir_all(&self.etc);
     }
 }
 
@@ -862,4 +829,17 @@ pub fn lifecycle(l: Lifecycle<'_>) -> Result<Outcome> {
         configured,
         registry_log,
     })
+}
+
+/// A one-node harness on containerd 2.3.4 whose containerd holds `image`, pulled through the
+/// CRI straight from the upstream (a `hosts.toml` for it in `certs.d`, as a node has before
+/// speil is installed). Returns the harness and the upstream's `host:port`.
+pub fn node_holding(image: &crate::TestImage) -> Result<(crate::Harness, String)> {
+    let h = crate::Harness::start_generations(&[crate::Generation::V2_3])?;
+    let upstream = h.registry.host();
+    h.registry.push(image)?;
+    let node = &h.nodes[0];
+    node.write_hosts_toml(&upstream, &format!("http://{}:9", node.address))?;
+    tokio::runtime::Runtime::new()?.block_on(node.cri_pull(&image.reference(&upstream)))?;
+    Ok((h, upstream))
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 
 use serde_yaml::Value;
 use speil_tests::pod::{self, Lifecycle, Render, require_sandbox};
-use speil_tests::{Generation, Harness, images, require_components, which};
+use speil_tests::{Generation, images, require_components, which};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -491,16 +491,9 @@ fn rendered_containers_run_on_a_node() {
     if !require_tools() || !require_components() || !require_sandbox() {
         return;
     }
-    let h = Harness::start_generations(&[Generation::V2_3]).unwrap();
-    let node = &h.nodes[0];
-    let upstream = h.registry.host();
     let image = images::small().unwrap();
-    h.registry.push(image).unwrap();
-    node.write_hosts_toml(&upstream, &format!("http://{}:9", node.address))
-        .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(node.cri_pull(&image.reference(&upstream)))
-        .unwrap();
+    let (h, upstream) = pod::node_holding(image).unwrap();
+    let node = &h.nodes[0];
 
     let own_key = "/key/swarm/psk/1.0.0/\n/base16/\n\
                    0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0\n";

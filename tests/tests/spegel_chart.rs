@@ -9,7 +9,7 @@
 use std::net::IpAddr;
 
 use speil_tests::pod::{self, Lifecycle, Render, require_sandbox};
-use speil_tests::{Generation, Harness, images, require_components};
+use speil_tests::{images, require_components};
 
 fn spegel_render_on(node_ip: IpAddr, tag: &str) {
     if !require_components() || !require_sandbox() {
@@ -19,23 +19,16 @@ fn spegel_render_on(node_ip: IpAddr, tag: &str) {
         &speil_tests::containerd::shared_dir().join("fixtures/spegel-chart/rendered-default.yaml"),
     )
     .unwrap();
-    let h = Harness::start_generations(&[Generation::V2_3]).unwrap();
-    let node = &h.nodes[0];
-    let upstream = h.registry.host();
-    let image = images::small().unwrap();
-    h.registry.push(image).unwrap();
     // The node holds the image, pulled straight from the upstream before speil is installed,
     // and has a registry directory of its own (with a CA file) that cleanup must give back.
-    node.write_hosts_toml(&upstream, &format!("http://{}:9", node.address))
-        .unwrap();
+    let image = images::small().unwrap();
+    let (h, upstream) = pod::node_holding(image).unwrap();
+    let node = &h.nodes[0];
     std::fs::write(
         node.certs_dir().join(&upstream).join("ca.crt"),
         b"a CA the node had\n",
     )
     .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(node.cri_pull(&image.reference(&upstream)))
-        .unwrap();
 
     let work = h.dir().join("pod");
     std::fs::create_dir_all(&work).unwrap();

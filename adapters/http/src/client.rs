@@ -162,9 +162,9 @@ mod tests {
         let addr: SocketAddr = "[2001:db8::12]:5000".parse().unwrap();
         let r = peer_request(&req, addr, None, None).unwrap();
         assert_eq!(r.headers()[header::HOST], "[2001:db8::12]:5000");
-        let v4: SocketAddr = "10.0.0.12:5000".parse().unwrap();
+        let v4: SocketAddr = "192.0.2.12:5000".parse().unwrap();
         let r = peer_request(&req, v4, None, None).unwrap();
-        assert_eq!(r.headers()[header::HOST], "10.0.0.12:5000");
+        assert_eq!(r.headers()[header::HOST], "192.0.2.12:5000");
     }
 
     #[test]

@@ -140,7 +140,7 @@ mod tests {
             host_port("2001:db8::11".parse().unwrap(), 5000),
             "[2001:db8::11]:5000"
         );
-        assert_eq!(host_port("10.0.0.1".parse().unwrap(), 80), "10.0.0.1:80");
+        assert_eq!(host_port("192.0.2.1".parse().unwrap(), 80), "192.0.2.1:80");
     }
 
     #[test]
@@ -179,15 +179,15 @@ mod tests {
         // IPv6 peers: kept as such; an IPv4-mapped address is the IPv4 address.
         let v6 = [
             a("/ip6/2001:db8::12/tcp/5001"),
-            a("/ip6/::ffff:10.0.0.12/tcp/5001"),
-            a("/ip4/10.0.0.12/tcp/5001"),
+            a("/ip6/::ffff:192.0.2.12/tcp/5001"),
+            a("/ip4/192.0.2.12/tcp/5001"),
             a("/ip6/::1/tcp/5001"),
         ];
         assert_eq!(
             provider_ips(&v6),
             vec![
                 "2001:db8::12".parse::<IpAddr>().unwrap(),
-                "10.0.0.12".parse::<IpAddr>().unwrap()
+                "192.0.2.12".parse::<IpAddr>().unwrap()
             ]
         );
     }

@@ -24,6 +24,7 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        self.0.spawn(Box::pin(fut) as Pin<Box<dyn Future<Output = ()> + Send>>);
+        self.0
+            .spawn(Box::pin(fut) as Pin<Box<dyn Future<Output = ()> + Send>>);
     }
 }

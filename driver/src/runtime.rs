@@ -122,12 +122,7 @@ pub trait RuntimeExt: Runtime {
 impl<R: Runtime> RuntimeExt for R {}
 
 /// One `sendfile(2)` attempt (non-blocking socket): the part every runtime shares.
-pub fn try_sendfile(
-    socket: impl AsFd,
-    file: &File,
-    offset: u64,
-    len: usize,
-) -> io::Result<usize> {
+pub fn try_sendfile(socket: impl AsFd, file: &File, offset: u64, len: usize) -> io::Result<usize> {
     let mut at = offset;
     rustix::fs::sendfile(socket, file, Some(&mut at), len).map_err(io::Error::from)
 }

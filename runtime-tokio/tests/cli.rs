@@ -429,7 +429,8 @@ fn free_port(ip: &str) -> u16 {
 fn readyz(addr: &str) -> Option<String> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+    // As kubelet's prober asks (it disables keep-alive).
+    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
@@ -532,7 +533,8 @@ fn configuration_then_cleanup_then_cleanup_wait() {
     assert_eq!(snapshot(&root), before);
     let other = readyz(&addr).map(|_| ()).and_then(|_| {
         let mut s = TcpStream::connect(&addr).ok()?;
-        s.write_all(b"GET /nope HTTP/1.1\r\n\r\n").ok()?;
+        s.write_all(b"GET /nope HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .ok()?;
         let mut out = String::new();
         s.read_to_string(&mut out).ok()?;
         Some(out)

@@ -8,25 +8,29 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 
 use crate::images::TestImage;
-use crate::speil::{Ports, Speil};
+use crate::speil::{Build, Ports, Speil};
 use crate::{Generation, Harness, Node};
 
-/// Which containerd generations a cluster's nodes run.
+/// Which containerd generations and speil builds a cluster's nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterKind {
-    /// Every node runs this generation.
-    Uniform(Generation),
-    /// Node `i` runs `Generation::ALL[i % 3]`: 1.6, 2.3.4, 2.4-dev, 1.6, …
+    /// Every node runs this generation and this build.
+    Uniform(Generation, Build),
+    /// Node `i` runs `Generation::ALL[i % 3]` (1.6, 2.3.4, 2.4-dev, 1.6, …) and
+    /// `Build::ALL[i % 2]` (tokio, smol, tokio, …).
     Mixed,
 }
 
 impl ClusterKind {
-    /// The generations of an `n`-node cluster of this kind.
-    pub fn nodes(self, n: usize) -> Vec<Generation> {
+    /// The generations and builds of an `n`-node cluster of this kind.
+    pub fn nodes(self, n: usize) -> Vec<(Generation, Build)> {
         (0..n)
             .map(|i| match self {
-                ClusterKind::Uniform(g) => g,
-                ClusterKind::Mixed => Generation::ALL[i % Generation::ALL.len()],
+                ClusterKind::Uniform(g, b) => (g, b),
+                ClusterKind::Mixed => (
+                    Generation::ALL[i % Generation::ALL.len()],
+                    Build::ALL[i % Build::ALL.len()],
+                ),
             })
             .collect()
     }
@@ -44,18 +48,20 @@ impl Cluster {
     /// Starts `nodes` nodes, each with containerd and speil, bootstrapped over HTTP from the
     /// first, and waits until every speil is ready (or, alone, serving).
     pub fn start(nodes: usize) -> Result<Cluster> {
-        Cluster::start_generations(&vec![Generation::V1_6; nodes])
+        Cluster::start_nodes(&vec![(Generation::V1_6, Build::Tokio); nodes])
     }
 
-    /// [`Cluster::start`] with node `i` running containerd `generations[i]`.
-    pub fn start_generations(generations: &[Generation]) -> Result<Cluster> {
-        let nodes = generations.len();
-        let h = Harness::start_generations(generations)?;
+    /// [`Cluster::start`] with node `i` running containerd `nodes[i].0` and speil build
+    /// `nodes[i].1`.
+    pub fn start_nodes(kinds: &[(Generation, Build)]) -> Result<Cluster> {
+        let nodes = kinds.len();
+        let generations: Vec<Generation> = kinds.iter().map(|k| k.0).collect();
+        let h = Harness::start_generations(&generations)?;
         let ports = Ports::for_block(h.block.index());
         let first: IpAddr = h.nodes[0].address;
         let mut speils = Vec::new();
-        for node in &h.nodes {
-            let s = Speil::start(node, ports, first, &[])?;
+        for (node, (_, build)) in h.nodes.iter().zip(kinds) {
+            let s = Speil::start_build(*build, node, ports, first, &[])?;
             configure(node, &s, &h.registry.host())?;
             speils.push(s);
         }

@@ -32,7 +32,7 @@ pub use block::AddressBlock;
 pub use containerd::{Generation, Node};
 pub use images::{PlatformImage, TestImage};
 pub use registry::Registry;
-pub use speil::{Ports, Speil};
+pub use speil::{Build, Ports, Speil};
 
 /// The binaries the real-component tests need.
 pub const COMPONENTS: [&str; 4] = ["containerd", "docker-registry", "skopeo", "umount"];

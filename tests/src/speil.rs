@@ -10,24 +10,67 @@ use anyhow::{Context, Result, bail};
 use crate::containerd::Node;
 use crate::http;
 
-/// Finds the `speil` binary: `$SPEIL_BIN`, else next to the test executable's directory
-/// (`target/<profile>/speil`), which `cargo test --workspace` builds.
-pub fn binary() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SPEIL_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let exe = std::env::current_exe()?;
-    let mut dir = exe.parent().map(Path::to_path_buf);
-    while let Some(d) = dir {
-        let candidate = d.join("speil");
-        if candidate.is_file() {
-            return Ok(candidate);
+/// Which build of speil a node runs: the same program on two runtimes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Build {
+    /// `speil` (tokio).
+    #[default]
+    Tokio,
+    /// `speil-smol` (smol / async-io).
+    Smol,
+}
+
+impl Build {
+    /// Both builds.
+    pub const ALL: [Build; 2] = [Build::Tokio, Build::Smol];
+
+    /// The binary's name.
+    pub fn program(self) -> &'static str {
+        match self {
+            Build::Tokio => "speil",
+            Build::Smol => "speil-smol",
         }
-        dir = d.parent().map(Path::to_path_buf);
     }
-    bail!(
-        "the speil binary was not found next to the tests: run `cargo build -p speil` first or set SPEIL_BIN"
-    )
+
+    /// What `version` says the runtime is.
+    pub fn runtime(self) -> &'static str {
+        match self {
+            Build::Tokio => "tokio",
+            Build::Smol => "smol",
+        }
+    }
+
+    /// Finds the binary: `$SPEIL_BIN` / `$SPEIL_SMOL_BIN`, else next to the test
+    /// executable's directory (`target/<profile>/<program>`), which `cargo build --workspace`
+    /// builds.
+    pub fn binary(self) -> Result<PathBuf> {
+        let var = match self {
+            Build::Tokio => "SPEIL_BIN",
+            Build::Smol => "SPEIL_SMOL_BIN",
+        };
+        if let Some(p) = std::env::var_os(var) {
+            return Ok(PathBuf::from(p));
+        }
+        let exe = std::env::current_exe()?;
+        let mut dir = exe.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            let candidate = d.join(self.program());
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        bail!(
+            "the {} binary was not found next to the tests: run `cargo build -p {}` first or set {var}",
+            self.program(),
+            self.program()
+        )
+    }
+}
+
+/// Finds the `speil` binary (the tokio build; see [`Build::binary`]).
+pub fn binary() -> Result<PathBuf> {
+    Build::Tokio.binary()
 }
 
 /// The ports every speil of one harness uses (peers' registries share the port, as on a
@@ -59,6 +102,8 @@ impl Ports {
 
 /// A running `speil registry`.
 pub struct Speil {
+    /// The build it runs.
+    pub build: Build,
     /// The node's address.
     pub address: IpAddr,
     /// The ports.
@@ -78,6 +123,17 @@ impl Speil {
         bootstrap_from: impl Into<IpAddr>,
         extra: &[String],
     ) -> Result<Speil> {
+        Speil::start_build(Build::Tokio, node, ports, bootstrap_from, extra)
+    }
+
+    /// [`Speil::start`] with the given build.
+    pub fn start_build(
+        build: Build,
+        node: &Node,
+        ports: Ports,
+        bootstrap_from: impl Into<IpAddr>,
+        extra: &[String],
+    ) -> Result<Speil> {
         let a = node.address;
         let at = |port: u16| SocketAddr::new(a, port);
         let mut flags = vec![
@@ -92,18 +148,28 @@ impl Speil {
             ),
         ];
         flags.extend_from_slice(extra);
-        Speil::start_with(node, ports, &flags)
+        Speil::start_build_with(build, node, ports, &flags)
     }
 
     /// Starts `speil registry` for `node` (in its namespace, if it has one) with the listen
     /// and bootstrap `flags` given; the containerd, data-dir and log flags are added. `ports`
     /// are the ports those flags listen on (the test reaches them at the node's address).
     pub fn start_with(node: &Node, ports: Ports, flags: &[String]) -> Result<Speil> {
+        Speil::start_build_with(Build::Tokio, node, ports, flags)
+    }
+
+    /// [`Speil::start_with`] with the given build.
+    pub fn start_build_with(
+        build: Build,
+        node: &Node,
+        ports: Ports,
+        flags: &[String],
+    ) -> Result<Speil> {
         let dir = node.dir().join("speil");
         std::fs::create_dir_all(&dir)?;
         let log = dir.join("speil.log");
         let out = std::fs::File::create(&log)?;
-        let mut cmd = crate::netns::command(node.netns.as_deref(), binary()?);
+        let mut cmd = crate::netns::command(node.netns.as_deref(), build.binary()?);
         cmd.arg("registry")
             .arg(format!("--containerd-sock={}", node.socket().display()))
             .arg(format!(
@@ -123,6 +189,7 @@ impl Speil {
             .stderr(out);
         let child = cmd.spawn().context("starting speil")?;
         Ok(Speil {
+            build,
             address: node.address,
             ports,
             netns: node.netns.clone(),

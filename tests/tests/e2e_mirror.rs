@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use speil_core::Digest;
 use speil_tests::cluster::{Cluster, ClusterKind, wait_findable};
-use speil_tests::{Generation, Speil, TestImage, http, images, require_components};
+use speil_tests::{Build, Generation, Speil, TestImage, http, images, require_components};
 
 /// Every blob of the image's host platform, fetched from `s` by digest (without `ns`), hashes
 /// to its digest and equals the bytes of the image's layout.
@@ -43,7 +43,7 @@ fn hits(s: &Speil) -> Result<f64> {
 }
 
 async fn pulls_are_served_by_peers_after_the_upstream_is_gone(kind: ClusterKind) -> Result<()> {
-    let mut c = Cluster::start_generations(&kind.nodes(3))?;
+    let mut c = Cluster::start_nodes(&kind.nodes(3))?;
     let reg = c.registry();
     let small = images::small()?;
     let multi = images::multi()?;
@@ -105,7 +105,7 @@ async fn pulls_are_served_by_peers_after_the_upstream_is_gone(kind: ClusterKind)
 }
 
 async fn a_peer_killed_mid_blob_does_not_break_the_pull(kind: ClusterKind) -> Result<()> {
-    let mut c = Cluster::start_generations(&kind.nodes(3))?;
+    let mut c = Cluster::start_nodes(&kind.nodes(3))?;
     let reg = c.registry();
     let large = images::large()?;
     c.h.registry.push(large)?;
@@ -166,7 +166,7 @@ async fn a_peer_killed_mid_blob_does_not_break_the_pull(kind: ClusterKind) -> Re
 async fn a_late_tag_is_found_and_a_removed_image_gives_a_clean_404(
     kind: ClusterKind,
 ) -> Result<()> {
-    let mut c = Cluster::start_generations(&kind.nodes(2))?;
+    let mut c = Cluster::start_nodes(&kind.nodes(2))?;
     let reg = c.registry();
     let small = images::small()?;
     c.h.registry.push(small)?;
@@ -217,7 +217,7 @@ async fn a_late_tag_is_found_and_a_removed_image_gives_a_clean_404(
 }
 
 async fn registry_api_statuses_over_real_http(kind: ClusterKind) -> Result<()> {
-    let mut c = Cluster::start_generations(&kind.nodes(1))?;
+    let mut c = Cluster::start_nodes(&kind.nodes(1))?;
     let reg = c.registry();
     let small = images::small()?;
     c.h.registry.push(small)?;
@@ -322,7 +322,7 @@ async fn registry_api_statuses_over_real_http(kind: ClusterKind) -> Result<()> {
 }
 
 async fn speil_survives_a_containerd_restart(kind: ClusterKind) -> Result<()> {
-    let mut c = Cluster::start_generations(&kind.nodes(2))?;
+    let mut c = Cluster::start_nodes(&kind.nodes(2))?;
     let reg = c.registry();
     let small = images::small()?;
     let multi = images::multi()?;
@@ -355,7 +355,7 @@ async fn speil_survives_a_containerd_restart(kind: ClusterKind) -> Result<()> {
 }
 
 async fn a_frozen_containerd_does_not_hang_requests(kind: ClusterKind) -> Result<()> {
-    let c = Cluster::start_generations(&kind.nodes(1))?;
+    let c = Cluster::start_nodes(&kind.nodes(1))?;
     let reg = c.registry();
     let small = images::small()?;
     c.h.registry.push(small)?;
@@ -417,11 +417,15 @@ macro_rules! on_each {
     };
 }
 
+// Every containerd generation, under each build (the same scenarios, not copies).
 on_each!(
     [
-        containerd_1_6 => ClusterKind::Uniform(Generation::V1_6),
-        containerd_2_3 => ClusterKind::Uniform(Generation::V2_3),
-        containerd_2_4 => ClusterKind::Uniform(Generation::V2_4),
+        containerd_1_6 => ClusterKind::Uniform(Generation::V1_6, Build::Tokio),
+        containerd_2_3 => ClusterKind::Uniform(Generation::V2_3, Build::Tokio),
+        containerd_2_4 => ClusterKind::Uniform(Generation::V2_4, Build::Tokio),
+        smol_containerd_1_6 => ClusterKind::Uniform(Generation::V1_6, Build::Smol),
+        smol_containerd_2_3 => ClusterKind::Uniform(Generation::V2_3, Build::Smol),
+        smol_containerd_2_4 => ClusterKind::Uniform(Generation::V2_4, Build::Smol),
     ],
     [
         pulls_are_served_by_peers_after_the_upstream_is_gone,
@@ -432,7 +436,8 @@ on_each!(
         a_frozen_containerd_does_not_hang_requests,
     ]
 );
-// A cluster of 1.6, 2.3.4 and 2.4 nodes (the scenarios with more than one node).
+// A cluster of 1.6, 2.3.4 and 2.4 nodes running tokio and smol builds side by side (the
+// scenarios with more than one node).
 on!(
     mixed,
     ClusterKind::Mixed,

@@ -287,7 +287,9 @@ fn the_extractor_reads_every_query_of_the_dashboard() -> Result<()> {
 async fn dashboard_finds_its_series(generation: Generation) -> Result<()> {
     let mut selectors = dashboard_selectors(&spegel_dashboard())?;
     selectors.extend(dashboard_selectors(&speil_dashboard())?);
-    let c = Cluster::start_generations(&ClusterKind::Uniform(generation).nodes(2))?;
+    let c = Cluster::start_nodes(
+        &ClusterKind::Uniform(generation, speil_tests::Build::Tokio).nodes(2),
+    )?;
     let reg = c.registry();
     let small = images::small()?;
     c.h.registry.push(small)?;

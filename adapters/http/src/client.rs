@@ -15,7 +15,7 @@ use speil_core::request::ContentRequest;
 use crate::CHUNK_SIZE;
 use crate::auth::Credentials;
 use crate::body::ResponseBody;
-use crate::runtime::Runtime;
+use speil_driver::Runtime;
 
 /// The `Docker-Content-Digest` header.
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -68,7 +68,7 @@ pub async fn fetch<R: Runtime>(
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         // Bounds the bytes buffered per fetch.
         .max_buf_size(CHUNK_SIZE)
-        .handshake::<_, Empty<Bytes>>(io)
+        .handshake::<_, Empty<Bytes>>(speil_driver::io::hyper_io(io))
         .await
         .map_err(|e| FetchFailure::Connect(format!("{addr}: {e}")))?;
     rt.spawn(Box::pin(async move {

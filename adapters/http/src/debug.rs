@@ -22,8 +22,8 @@ use speil_core::{Digest, Reference};
 use crate::BoxError;
 use crate::body::{self, ResponseBody};
 use crate::driver::Shared;
-use crate::runtime::Runtime;
 use crate::source::ContentSource;
+use speil_driver::Runtime;
 
 /// How the debug server is set up.
 #[derive(Debug, Clone)]
@@ -282,9 +282,11 @@ impl<R: Runtime> Inner<R> {
             .connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
+            speil_driver::io::hyper_io(io),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         self.runtime.spawn(Box::pin(async move {
             let _ = conn.await;
         }));

@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use futures::channel::{mpsc, oneshot};
 use futures::future::{AbortHandle, Abortable, BoxFuture, FutureExt};
@@ -30,8 +30,8 @@ use crate::body::ResponseBody;
 use crate::client;
 use crate::metrics::Metrics;
 use crate::pipe::{PeerBody, Pipe, PipeControl, PipeEvent, Stall};
-use crate::runtime::Runtime;
 use crate::source::{ContentSource, Provider, Router};
+use speil_driver::{Runtime, RuntimeExt};
 
 /// How the driver reaches peers.
 #[derive(Debug, Clone)]
@@ -405,14 +405,15 @@ where
                 // At least 1 ms: a deadline that stays in the past cannot spin the loop.
                 Some((at, _)) => self
                     .rt
-                    .sleep(at.saturating_duration_since(Instant::now()).max(MIN_SLEEP))
+                    .sleep(at.saturating_duration_since(self.rt.now()).max(MIN_SLEEP))
+                    .boxed()
                     .fuse(),
                 None => futures::future::pending().boxed().fuse(),
             };
             // Reports about work in flight (and the timer) go before new requests.
             futures::select_biased! {
                 () = timer => {
-                    self.node.handle_timeout(Instant::now());
+                    self.node.handle_timeout(self.rt.now());
                     self.drain();
                 }
                 ev = events.next() => {
@@ -440,7 +441,7 @@ where
     }
 
     fn handle_client(&mut self, msg: ClientMsg) {
-        let now = Instant::now();
+        let now = self.rt.now();
         match msg {
             ClientMsg::Request {
                 id,
@@ -480,7 +481,7 @@ where
     }
 
     fn handle_event(&mut self, ev: Event<P>) {
-        let now = Instant::now();
+        let now = self.rt.now();
         let result = match ev {
             Event::Providers { lookup, providers } => {
                 let mut peers = Vec::with_capacity(providers.len());
@@ -691,8 +692,9 @@ where
             router: self.router.name().to_owned(),
         };
         let (abort, reg) = AbortHandle::new_pair();
+        let rt = self.rt.clone();
         let task = async move {
-            let started = Instant::now();
+            let started = rt.now();
             let mut observed = false;
             while let Some(p) = stream.next().await {
                 if !observed {
@@ -700,7 +702,7 @@ where
                     metrics
                         .resolve_duration
                         .get_or_create(&label)
-                        .observe(started.elapsed().as_secs_f64());
+                        .observe(rt.now().saturating_duration_since(started).as_secs_f64());
                 }
                 let _ = events.unbounded_send(Event::Providers {
                     lookup: id,
@@ -711,7 +713,7 @@ where
                 metrics
                     .resolve_duration
                     .get_or_create(&label)
-                    .observe(started.elapsed().as_secs_f64());
+                    .observe(rt.now().saturating_duration_since(started).as_secs_f64());
             }
             let _ = events.unbounded_send(Event::LookupFinished { lookup: id });
         };
@@ -818,7 +820,7 @@ where
         });
         let rt = self.rt.clone();
         let stall = Stall::new(self.node.mirror().config().stall_timeout, move |d| {
-            rt.sleep(d)
+            rt.sleep(d).boxed()
         });
         let pipe = Pipe::new(body, expected, pipe_rx, notify).with_stall(stall);
         let relayed = client::relay(parts, pipe.boxed_unsync());

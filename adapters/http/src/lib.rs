@@ -38,20 +38,17 @@
 pub mod auth;
 pub mod body;
 pub mod client;
+pub mod conn;
 pub mod debug;
 pub mod driver;
 pub mod metrics;
 pub mod pipe;
-pub mod runtime;
 pub mod server;
 pub mod source;
-#[cfg(feature = "tokio")]
-pub mod tokio_rt;
-#[cfg(feature = "tokio")]
-pub mod zerocopy;
 
-pub use runtime::Runtime;
+pub use conn::Server;
 pub use source::{BlobBody, ContentSource, Provider, Router, SourceError};
+pub use speil_driver::Runtime;
 
 /// Largest chunk a response body yields (bytes).
 pub const CHUNK_SIZE: usize = 64 * 1024;

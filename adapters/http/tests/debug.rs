@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use common::*;
 use http::StatusCode;
+use speil_driver::tokio::Tokio;
 use speil_http::debug::{DebugConfig, MetricsService};
 use speil_http::server::ServerConfig;
-use speil_http::tokio_rt::TokioRuntime;
 
 #[tokio::test]
 async fn metrics_and_debug_page() {
@@ -37,7 +37,7 @@ async fn metrics_and_debug_page() {
     let service = MetricsService::new(
         node.handle.shared().clone(),
         source,
-        TokioRuntime,
+        Tokio,
         DebugConfig {
             enabled: true,
             peer_id: "12D3KooWTest".into(),
@@ -45,7 +45,11 @@ async fn metrics_and_debug_page() {
             credentials: None,
         },
     );
-    let task = tokio::spawn(speil_http::tokio_rt::serve(metrics_listener, service));
+    let task = tokio::spawn(async move {
+        speil_http::Server::new(Tokio)
+            .serve(metrics_listener, service)
+            .await
+    });
     eventually(|| node.handle.shared().store_connected()).await;
 
     // Some traffic, so that the labelled series exist.
@@ -165,7 +169,7 @@ async fn measure_works_with_basic_auth_on() {
     let service = MetricsService::new(
         node.handle.shared().clone(),
         source,
-        TokioRuntime,
+        Tokio,
         DebugConfig {
             enabled: true,
             peer_id: "12D3KooWTest".into(),
@@ -173,7 +177,11 @@ async fn measure_works_with_basic_auth_on() {
             credentials: Some(creds),
         },
     );
-    let task = tokio::spawn(speil_http::tokio_rt::serve(metrics_listener, service));
+    let task = tokio::spawn(async move {
+        speil_http::Server::new(Tokio)
+            .serve(metrics_listener, service)
+            .await
+    });
     eventually(|| node.handle.shared().store_connected()).await;
     let g = get(
         metrics_addr,

@@ -427,13 +427,13 @@ async fn graceful_shutdown_finishes_transfers_in_flight() {
     let b = start_node(2, ls.pop().unwrap(), dht.clone(), source.clone(), no_auth()).await;
     let service = speil_http::server::RegistryService::new(b.handle.clone(), source, no_auth());
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
-    let server = tokio::spawn(speil_http::tokio_rt::serve_until(
-        listener,
-        service,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let server = tokio::spawn(async move {
+        speil_http::Server::new(speil_driver::tokio::Tokio)
+            .serve_until(listener, service, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
 
     let path = format!("/v2/test/app/blobs/{digest}");
     let transfer = tokio::spawn({

@@ -1,5 +1,5 @@
 //! The tokio server's own HTTP/1.1 connection loop and its `sendfile` path for local blobs
-//! (`speil_http::zerocopy`): exact bytes, ranges and HEAD; keep-alive, pipelining and the
+//! (`speil_http::conn`): exact bytes, ranges and HEAD; keep-alive, pipelining and the
 //! edges of HTTP/1.x; clients that go away mid-file; graceful shutdown mid-file.
 
 mod common;
@@ -12,14 +12,13 @@ use bytes::Bytes;
 use common::*;
 use http::{Method, StatusCode};
 use speil_core::Digest;
+use speil_driver::tokio::Tokio;
+use speil_http::Server;
 use speil_http::server::{RegistryService, ServerConfig};
-use speil_http::zerocopy;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// The zero-copy counters are process-wide: the tests of this file run one at a time.
-static COUNTERS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn no_auth() -> ServerConfig {
     ServerConfig { credentials: None }
 }
@@ -141,14 +140,13 @@ async fn closed(r: &mut BufReader<TcpStream>) -> bool {
 
 #[tokio::test]
 async fn file_blobs_go_through_sendfile_with_exact_bytes_ranges_and_head() {
-    let _serial = COUNTERS.lock().await;
     // Larger than a loopback socket's buffers, so that `sendfile` meets a full socket.
     let len = 6 * 1024 * 1024 + 123;
     let (node, digest, layer) = node_with_file_layer(61, len).await;
     let a = node.addr;
     let path = format!("/v2/test/app/blobs/{digest}");
 
-    let before = zerocopy::stats();
+    let before = node.server.stats();
     let g = get(a, &path).await;
     assert_eq!(g.status, StatusCode::OK);
     assert!(g.bytes() == &layer, "the whole blob, byte for byte");
@@ -156,7 +154,7 @@ async fn file_blobs_go_through_sendfile_with_exact_bytes_ranges_and_head() {
     assert_eq!(g.header("accept-ranges"), Some("bytes"));
     assert_eq!(g.header("docker-content-digest"), Some(digest.as_str()));
     assert_eq!(g.header("content-type"), Some("application/octet-stream"));
-    let after = zerocopy::stats();
+    let after = node.server.stats();
     assert_eq!(after.responses - before.responses, 1, "sent with sendfile");
     assert_eq!(after.bytes - before.bytes, len as u64);
 
@@ -170,7 +168,7 @@ async fn file_blobs_go_through_sendfile_with_exact_bytes_ranges_and_head() {
     ];
     let mut partial_sum = 0;
     for (range, start, end) in &ranges {
-        let before = zerocopy::stats();
+        let before = node.server.stats();
         let g = request(a, Method::GET, &path, &[("range", range)])
             .await
             .unwrap();
@@ -185,14 +183,14 @@ async fn file_blobs_go_through_sendfile_with_exact_bytes_ranges_and_head() {
             g.header("content-length"),
             Some((end - start + 1).to_string().as_str())
         );
-        let after = zerocopy::stats();
+        let after = node.server.stats();
         assert_eq!(after.responses - before.responses, 1, "{range}");
         assert_eq!(after.bytes - before.bytes, end - start + 1, "{range}");
         partial_sum += end - start + 1;
     }
 
     // HEAD: the same headers, no body, nothing sent.
-    let before = zerocopy::stats();
+    let before = node.server.stats();
     let g = request(a, Method::HEAD, &path, &[]).await.unwrap();
     assert_eq!(g.status, StatusCode::OK);
     assert_eq!(g.header("content-length"), Some(len.to_string().as_str()));
@@ -218,14 +216,14 @@ async fn file_blobs_go_through_sendfile_with_exact_bytes_ranges_and_head() {
     .await
     .unwrap();
     assert_eq!(g.status, StatusCode::RANGE_NOT_SATISFIABLE);
-    assert_eq!(zerocopy::stats(), before);
+    assert_eq!(node.server.stats(), before);
 
     // A blob the store streams (not a file) is written frame by frame, not sent with
     // sendfile, and is just as exact.
     node.source.set_behaviour(Behaviour::Whole);
     let g = get(a, &path).await;
     assert!(g.bytes() == &layer);
-    assert_eq!(zerocopy::stats(), before);
+    assert_eq!(node.server.stats(), before);
 
     // The response-size metric counts the bytes sendfile sent.
     let total = 2.0 * len as f64;
@@ -236,7 +234,6 @@ async fn file_blobs_go_through_sendfile_with_exact_bytes_ranges_and_head() {
 
 #[tokio::test]
 async fn keep_alive_pipelining_and_the_edges_of_http1() {
-    let _serial = COUNTERS.lock().await;
     let (node, digest, layer) = node_with_file_layer(62, 300_000).await;
     let a = node.addr;
     let path = format!("/v2/test/app/blobs/{digest}");
@@ -330,12 +327,11 @@ async fn keep_alive_pipelining_and_the_edges_of_http1() {
 
 #[tokio::test]
 async fn clients_leaving_mid_file_leave_the_server_working() {
-    let _serial = COUNTERS.lock().await;
     let len = 24 * 1024 * 1024;
     let (node, digest, layer) = node_with_file_layer(63, len).await;
     let a = node.addr;
     let path = format!("/v2/test/app/blobs/{digest}");
-    let before = zerocopy::stats();
+    let before = node.server.stats();
     for _ in 0..3 {
         let mut c = connect(a).await;
         let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -347,7 +343,7 @@ async fn clients_leaving_mid_file_leave_the_server_working() {
     }
     // Every aborted transfer ends (its request is no longer in flight)...
     eventually(|| blobs_inflight(&node) == Some(0)).await;
-    let after = zerocopy::stats();
+    let after = node.server.stats();
     assert_eq!(after.responses - before.responses, 3);
     assert!(
         after.bytes - before.bytes < 3 * len as u64,
@@ -361,7 +357,6 @@ async fn clients_leaving_mid_file_leave_the_server_working() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_a_sendfile_in_flight() {
-    let _serial = COUNTERS.lock().await;
     let len = 24 * 1024 * 1024;
     let mut ls = listeners(64, 2).await;
     let source = Arc::new(FakeContentSource::default());
@@ -380,15 +375,17 @@ async fn graceful_shutdown_finishes_a_sendfile_in_flight() {
     .await;
     let service = RegistryService::new(b.handle.clone(), source, no_auth());
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
-    let server = tokio::spawn(speil_http::tokio_rt::serve_until(
-        listener,
-        service,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
+    let http = Server::new(Tokio);
+    let serving = http.clone();
+    let server = tokio::spawn(async move {
+        serving
+            .serve_until(listener, service, async move {
+                let _ = stop_rx.await;
+            })
+            .await
+    });
     let path = format!("/v2/test/app/blobs/{digest}");
-    let before = zerocopy::stats();
+    let before = http.stats();
 
     // An idle keep-alive connection, and a transfer that has started.
     let mut idle = connect(addr).await;
@@ -422,7 +419,7 @@ async fn graceful_shutdown_finishes_a_sendfile_in_flight() {
         rest[text_end..] == layer[..],
         "the transfer in flight finishes"
     );
-    let after = zerocopy::stats();
+    let after = http.stats();
     assert_eq!(after.responses - before.responses, 1, "sent with sendfile");
     assert_eq!(after.bytes - before.bytes, len as u64);
     // The server returned once the transfer was done, and accepts nothing more.

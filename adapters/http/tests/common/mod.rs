@@ -17,10 +17,11 @@ use speil_core::mirror::MirrorConfig;
 use speil_core::node::{Node, NodeConfig};
 use speil_core::store::{ImageState, StoreEvent};
 use speil_core::{Digest, Key};
+use speil_driver::tokio::Tokio;
+use speil_http::Server;
 use speil_http::driver::{self, DriverConfig, DriverHandle, Parts};
 use speil_http::metrics::Metrics;
 use speil_http::server::{RegistryService, ServerConfig};
-use speil_http::tokio_rt::TokioRuntime;
 use speil_http::{BlobBody, ContentSource, Provider, Router, SourceError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -279,6 +280,8 @@ pub struct TestNode {
     pub source: Arc<FakeContentSource>,
     pub handle: DriverHandle,
     pub metrics: Arc<Metrics>,
+    /// The registry server (its zero-copy counters).
+    pub server: Server<Tokio>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -343,7 +346,7 @@ pub async fn start_node_with(
         .boxed();
     let (handle, fut) = driver::start(Parts {
         node: Node::new(cfg),
-        runtime: TokioRuntime,
+        runtime: Tokio,
         source: source.clone(),
         router: Arc::new(FakeRouter { dht, me }),
         store_events,
@@ -355,14 +358,17 @@ pub async fn start_node_with(
     });
     let driver_task = tokio::spawn(fut);
     let service = RegistryService::new(handle.clone(), source.clone(), server);
+    let http = Server::new(Tokio);
+    let serving = http.clone();
     let server_task = tokio::spawn(async move {
-        let _ = speil_http::tokio_rt::serve(listener, service).await;
+        let _ = serving.serve(listener, service).await;
     });
     TestNode {
         addr,
         source,
         handle,
         metrics,
+        server: http,
         tasks: vec![driver_task, server_task],
     }
 }

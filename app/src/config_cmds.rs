@@ -1,6 +1,7 @@
 //! `doctor`, `configuration`, `cleanup`, `cleanup-wait` and `version`.
 
 use std::collections::{BTreeSet, VecDeque};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -21,10 +22,15 @@ use crate::cli::{
     CleanupArgs, CleanupWaitArgs, ConfigurationArgs, DistributionChoice, DoctorArgs, Format,
     VersionArgs,
 };
-use crate::{fsplan, probe};
+use speil_driver::{Runtime, RuntimeExt};
+
+use crate::{fsplan, probe, within};
 
 /// Where Spegel's chart mounts the optional basic-auth secret.
 const BASIC_AUTH_DIR: &str = "/etc/secrets/basic-auth";
+
+/// Longest wait for each of containerd's answers to `doctor` and the start-up check.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------- doctor
 
@@ -162,41 +168,44 @@ struct Live {
 }
 
 /// Asks the running containerd for its version and CRI status (`info["config"]`).
-async fn ask_containerd(sock: &Path) -> Result<Live> {
+async fn ask_containerd<R: Runtime>(rt: &R, sock: &Path) -> Result<Live> {
     let config = speil_containerd::Config {
         socket: sock.to_path_buf(),
         namespace: "k8s.io".to_string(),
         content_path: None,
     };
-    let client = tokio::time::timeout(
-        Duration::from_secs(5),
+    let client = within(
+        rt,
+        ASK_TIMEOUT,
         speil_containerd::Containerd::connect(&config),
     )
     .await
     .with_context(|| format!("timed out connecting to {}", sock.display()))??;
-    let version = tokio::time::timeout(Duration::from_secs(5), client.cri_runtime_version())
+    let version = within(rt, ASK_TIMEOUT, client.cri_runtime_version())
         .await
         .context("timed out waiting for the CRI version")?
         .context("CRI version call failed")?;
-    let status = tokio::time::timeout(Duration::from_secs(5), client.cri_status())
+    let status = within(rt, ASK_TIMEOUT, client.cri_status())
         .await
         .context("timed out waiting for the CRI status")?
         .context("CRI status call failed")?;
     let version = parse_runtime_version(&version).map_err(|e| e.to_string());
-    let introspection =
-        match &version {
-            Ok(v) if v.generation == RuntimeGeneration::V2Live => Some(match tokio::time::timeout(
-                Duration::from_secs(5),
+    let introspection = match &version {
+        Ok(v) if v.generation == RuntimeGeneration::V2Live => Some(
+            match within(
+                rt,
+                ASK_TIMEOUT,
                 client.introspection_plugins(&[CRI_IMAGES_FILTER]),
             )
             .await
             {
-                Ok(Ok(plugins)) => Ok(plugins),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out waiting for the Introspection answer".to_string()),
-            }),
-            _ => None,
-        };
+                Some(Ok(plugins)) => Ok(plugins),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("timed out waiting for the Introspection answer".to_string()),
+            },
+        ),
+        _ => None,
+    };
     Ok(Live {
         version,
         cri_config: status.config_json().map(str::to_string),
@@ -364,9 +373,9 @@ fn live_report(
 /// files it runs with — `--containerd-config`, else the `--config` of the containerd process
 /// serving the socket as `/proc` shows it, else containerd's default file. When none can be
 /// read the result is [`Checked::Unverified`].
-pub async fn check_live(inputs: &CheckInputs<'_>) -> Result<Checked> {
+pub async fn check_live<R: Runtime>(rt: &R, inputs: &CheckInputs<'_>) -> Result<Checked> {
     let default_toml = rooted(inputs.host_root, Path::new(DEFAULT_CONFIG_FILE));
-    let live = ask_containerd(inputs.sock).await?;
+    let live = ask_containerd(rt, inputs.sock).await?;
     let version = live.version.as_ref().ok();
     let runtime_version = version.map(|v| v.to_string());
     let source = match &live.version {
@@ -466,8 +475,8 @@ pub async fn check_live(inputs: &CheckInputs<'_>) -> Result<Checked> {
 
 /// The start-up verification of `registry --verify-containerd-config`: `Ok(())` when
 /// containerd is ready, else the one line to exit with.
-#[allow(dead_code)] // called by the `registry` command
-pub async fn verify_containerd(
+pub async fn verify_containerd<R: Runtime>(
+    rt: &R,
     sock: &Path,
     required: &str,
     config_file: Option<&Path>,
@@ -486,7 +495,10 @@ pub async fn verify_containerd(
         distribution: None,
         config_file,
     };
-    let report = match check_live(&inputs).await.map_err(|e| format!("{e:#}"))? {
+    let report = match check_live(rt, &inputs)
+        .await
+        .map_err(|e| format!("{e:#}"))?
+    {
         Checked::Verified {
             report,
             source,
@@ -524,7 +536,7 @@ pub async fn verify_containerd(
 }
 
 /// `speil doctor`.
-pub async fn doctor(args: DoctorArgs) -> Result<ExitCode> {
+pub async fn doctor<R: Runtime>(rt: R, args: DoctorArgs) -> Result<ExitCode> {
     // The node's os-release, not the container's, when its root is mounted elsewhere.
     let os_release_path = rooted(&args.host_root, Path::new(&args.os_release));
     let os_release = read_optional(&os_release_path.display().to_string());
@@ -544,7 +556,7 @@ pub async fn doctor(args: DoctorArgs) -> Result<ExitCode> {
         },
         config_file: args.containerd_config.as_deref(),
     };
-    match check_live(&inputs).await {
+    match check_live(&rt, &inputs).await {
         Ok(Checked::Verified {
             report,
             source,
@@ -607,7 +619,7 @@ fn read_basic_auth(dir: &Path) -> Result<Option<BasicAuth>> {
 }
 
 /// `speil configuration`.
-pub async fn configuration(args: ConfigurationArgs) -> Result<ExitCode> {
+pub async fn configuration<R: Runtime>(_rt: R, args: ConfigurationArgs) -> Result<ExitCode> {
     let options = ConfigurationOptions {
         registries: args.mirrored_registries,
         hosts: HostsConfig {
@@ -631,24 +643,10 @@ pub async fn configuration(args: ConfigurationArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
 /// `speil cleanup`.
-pub async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
-    let listener = probe::bind(&args.addr).await?;
+pub async fn cleanup<R: Runtime>(rt: R, args: CleanupArgs) -> Result<ExitCode> {
+    let stop = crate::signal::shutdown();
+    let listener = probe::bind(&args.addr)?;
     let root = &args.containerd_registry_config_path;
     let tree = fsplan::read_tree(root)?;
     let ops = plan_cleanup(&tree).with_context(|| format!("cannot clean up {}", root.display()))?;
@@ -659,35 +657,28 @@ pub async fn cleanup(args: CleanupArgs) -> Result<ExitCode> {
         tracing::info!(path = %root.display(), operations = ops.len(), "configuration restored");
     }
     tracing::info!(addr = %listener.local_addr()?, "serving /readyz");
-    probe::serve_readyz(listener, shutdown_signal()).await;
+    probe::serve_readyz(rt, listener, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `speil cleanup-wait`.
-pub async fn cleanup_wait(args: CleanupWaitArgs) -> Result<ExitCode> {
+pub async fn cleanup_wait<R: Runtime>(rt: R, args: CleanupWaitArgs) -> Result<ExitCode> {
     // `host:port` as given is the Host header (an IPv6 address stays in its brackets).
     let host = args.probe_endpoint.clone();
     let mut streak = 0u32;
     loop {
-        let addrs: BTreeSet<std::net::SocketAddr> =
-            match tokio::net::lookup_host(&args.probe_endpoint).await {
-                Ok(a) => a.collect(),
-                Err(e) => {
-                    tracing::info!(endpoint = %args.probe_endpoint, error = %e, "cannot resolve");
-                    BTreeSet::new()
-                }
-            };
-        let mut probes = tokio::task::JoinSet::new();
-        for addr in &addrs {
-            let (addr, host) = (*addr, host.clone());
-            probes.spawn(
-                async move { probe::probe_readyz(addr, &host, Duration::from_secs(1)).await },
-            );
-        }
-        let mut all_ok = !addrs.is_empty();
-        while let Some(r) = probes.join_next().await {
-            all_ok &= r.unwrap_or(false);
-        }
+        let addrs: BTreeSet<std::net::SocketAddr> = match resolve(&rt, &args.probe_endpoint).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::info!(endpoint = %args.probe_endpoint, error = %e, "cannot resolve");
+                BTreeSet::new()
+            }
+        };
+        let probes = addrs
+            .iter()
+            .map(|addr| probe::probe_readyz(&rt, *addr, &host, Duration::from_secs(1)));
+        let results = futures::future::join_all(probes).await;
+        let all_ok = !addrs.is_empty() && results.iter().all(|ok| *ok);
         streak = if all_ok { streak + 1 } else { 0 };
         tracing::info!(
             endpoint = %args.probe_endpoint,
@@ -699,21 +690,31 @@ pub async fn cleanup_wait(args: CleanupWaitArgs) -> Result<ExitCode> {
         if streak >= args.threshold {
             return Ok(ExitCode::SUCCESS);
         }
-        tokio::time::sleep(args.period).await;
+        rt.sleep(args.period).await;
     }
+}
+
+/// The addresses `host:port` resolves to (the system resolver, on a blocking thread).
+async fn resolve<R: Runtime>(rt: &R, endpoint: &str) -> std::io::Result<BTreeSet<SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    let endpoint = endpoint.to_owned();
+    rt.spawn_blocking(move || endpoint.to_socket_addrs().map(Iterator::collect))
+        .await?
 }
 
 // ---------------------------------------------------------------- version
 
 /// `speil version`.
-pub fn version(args: VersionArgs) -> ExitCode {
+pub fn version(args: VersionArgs, runtime: &str) -> ExitCode {
     let version = env!("CARGO_PKG_VERSION");
     let commit = env!("SPEIL_BUILD_COMMIT");
     let rustc = env!("SPEIL_RUSTC");
     let target = env!("SPEIL_TARGET");
     match args.format {
         Format::Text => {
-            println!("speil {version} (commit {commit}, {rustc}, target {target}, runtime tokio)")
+            println!(
+                "speil {version} (commit {commit}, {rustc}, target {target}, runtime {runtime})"
+            )
         }
         Format::Json => println!(
             "{}",
@@ -722,7 +723,7 @@ pub fn version(args: VersionArgs) -> ExitCode {
                 "commit": commit,
                 "rustc": rustc,
                 "target": target,
-                "runtime": "tokio",
+                "runtime": runtime,
             })
         ),
     }

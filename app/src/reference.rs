@@ -13,7 +13,7 @@ pub fn configuration_page() -> String {
     let cli = Cli::command();
     let mut out = String::new();
     out.push_str(
-        "<!-- Generated from runtime-tokio/src/cli.rs: do not edit. Regenerate with\n     \
+        "<!-- Generated from app/src/cli.rs: do not edit. Regenerate with\n     \
          cargo run -q -p speil -- configuration-reference > docs/configuration.md\n     \
          (or UPDATE_DOCS=1 cargo test -p speil --test reference). -->\n\n",
     );

@@ -1,4 +1,4 @@
-//! `speil registry`: the node agent on tokio.
+//! `speil registry`: the node agent, on any [`Runtime`].
 //!
 //! Wires the core [`Node`] to its adapters: containerd (content and events), libp2p (the DHT)
 //! and hyper (the registry and metrics servers), through the runtime-neutral driver of
@@ -21,16 +21,16 @@ use speil_core::mirror::MirrorConfig;
 use speil_core::node::{Node, NodeConfig};
 use speil_core::store::ImageState;
 use speil_core::{Digest, Key};
+use speil_driver::Runtime;
 use speil_http::driver::{self, DriverConfig, Parts};
 use speil_http::metrics::Metrics;
 use speil_http::server::{RegistryService, ServerConfig};
 use speil_http::source::{BlobBody, ContentSource, Provider, Router, SourceError};
-use speil_http::tokio_rt::{TokioRuntime, serve_until};
 use speil_p2p::bootstrap::{
     Bootstrap, DnsBootstrap, HttpBootstrap, StaticBootstrap, SystemResolver,
 };
 use speil_p2p::{Handle, PeerId};
-use tokio::net::TcpListener;
+use std::net::TcpListener;
 
 use crate::cli::{BootstrapKind, ListenAddr, RegistryArgs};
 
@@ -40,12 +40,15 @@ const BASIC_AUTH_DIR: &str = "/etc/secrets/basic-auth";
 /// The full store re-check interval (SPEC.md §4).
 const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
 
+/// How long SIGTERM waits for transfers in flight before the process exits anyway.
+const DRAIN_BUDGET: Duration = Duration::from_secs(60);
+
 /// A start-up failure: exit code and one line.
 struct Fatal(u8, String);
 
 /// Runs the node agent until SIGTERM or SIGINT.
-pub async fn run(args: RegistryArgs) -> Result<ExitCode> {
-    match start(args).await {
+pub async fn run<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode> {
+    match start(rt, args).await {
         Ok(code) => Ok(code),
         Err(Fatal(code, line)) => {
             tracing::error!(command = "registry", "speil registry: {line}");
@@ -62,7 +65,7 @@ fn failure(line: impl Into<String>) -> Fatal {
     Fatal(1, line.into())
 }
 
-async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
+fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
     let candidates = addr
         .candidates()
         .map_err(|e| usage(format!("{flag}: cannot resolve the address: {e}")))?;
@@ -71,7 +74,7 @@ async fn bind(flag: &str, addr: &ListenAddr) -> Result<TcpListener, Fatal> {
         let bound = if a.ip() == IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
             crate::probe::bind_dual_stack(a)
         } else {
-            TcpListener::bind(a).await
+            TcpListener::bind(a)
         };
         match bound {
             Ok(l) => {
@@ -112,7 +115,9 @@ fn router_addrs(flag: &str, addr: &ListenAddr) -> Result<Vec<SocketAddr>, Fatal>
     })
 }
 
-async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
+async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal> {
+    // Handlers first: a SIGTERM during start-up is not lost.
+    let stop_signal = crate::signal::shutdown();
     // Flags first: all of these are usage errors (exit 2).
     let mirrored: Vec<String> = args
         .mirrored_registries
@@ -193,6 +198,7 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     }
     if args.verify_containerd_config {
         crate::config_cmds::verify_containerd(
+            &rt,
             &args.containerd_sock,
             &args.containerd_registry_config_path,
             // Empty (as a chart renders an unset value) means: find it.
@@ -248,14 +254,16 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     let peer_id = handle.local_peer_id();
     if let Some(addr) = &args.http_bootstrap_addr {
         // Bound as the registry is: `:PORT` on `[::]`, both families.
-        let listener = bind("--http-bootstrap-addr", addr).await?;
+        let listener = bind("--http-bootstrap-addr", addr)?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
         speil_p2p::tokio_rt::serve_id_on(listener, handle.clone())
             .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
     }
 
     // Listeners before anything is announced, so that a taken port fails the start.
-    let registry_listener = bind("--registry-addr", &args.registry_addr).await?;
-    let metrics_listener = bind("--metrics-addr", &args.metrics_addr).await?;
+    let registry_listener = bind("--registry-addr", &args.registry_addr)?;
+    let metrics_listener = bind("--metrics-addr", &args.metrics_addr)?;
     let registry_local = registry_listener
         .local_addr()
         .map_err(|e| failure(format!("--registry-addr: {e}")))?;
@@ -269,6 +277,7 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     let source: Arc<dyn ContentSource> = Arc::new(ContainerdSource {
         client: ctd,
         timeout: config.store_timeout,
+        rt: rt.clone(),
     });
     let router: Arc<dyn Router<PeerId>> = Arc::new(P2pRouter(handle.clone()));
     config.mirror = MirrorConfig {
@@ -286,7 +295,7 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         .map_err(|e| failure(format!("{BASIC_AUTH_DIR}: {e}")))?;
     let (driver_handle, driver) = driver::start(Parts {
         node: Node::new(config),
-        runtime: TokioRuntime,
+        runtime: rt.clone(),
         source: source.clone(),
         router,
         store_events: store_events.boxed(),
@@ -296,7 +305,7 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
             credentials: server_config.credentials.clone(),
         },
     });
-    tokio::spawn(driver);
+    rt.spawn(driver);
     let credentials = server_config.credentials.clone();
     let registry = RegistryService::new(driver_handle, source.clone(), server_config);
     let shared = registry.shared().clone();
@@ -313,7 +322,7 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
     let metrics_service = speil_http::debug::MetricsService::new(
         shared.clone(),
         source,
-        TokioRuntime,
+        rt.clone(),
         speil_http::debug::DebugConfig {
             enabled: args.debug_web_enabled,
             peer_id: peer_id.to_string(),
@@ -332,50 +341,57 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         "speil registry started"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics_task = tokio::spawn(serve_until(
-        metrics_listener,
-        metrics_service,
-        wait_stop(stop_rx.clone()),
-    ));
-    let registry_task = tokio::spawn(serve_until(registry_listener, registry, wait_stop(stop_rx)));
-    shutdown_signal().await;
-    tracing::info!("shutting down: finishing transfers in flight");
-    shared.shutdown();
-    let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(Duration::from_secs(60), registry_task).await;
-    if drained.is_err() {
-        tracing::warn!("transfers still running after 60 s; exiting anyway");
-    }
-    metrics_task.abort();
-    handle.shutdown();
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn wait_stop(mut rx: tokio::sync::watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let listen =
+        |flag: &str, l: TcpListener| rt.listen(l).map_err(|e| failure(format!("{flag}: {e}")));
+    let registry_listener = listen("--registry-addr", registry_listener)?;
+    let metrics_listener = listen("--metrics-addr", metrics_listener)?;
+    let (metrics_stop, metrics_stopped) = futures::channel::oneshot::channel::<()>();
+    let metrics_server = speil_http::Server::new(rt.clone());
+    rt.spawn(
+        async move {
+            let stopped = async {
+                let _ = metrics_stopped.await;
+            };
+            if let Err(e) = metrics_server
+                .serve_until(metrics_listener, metrics_service, stopped)
+                .await
+            {
+                tracing::warn!(error = %e, "metrics server ended");
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+        .boxed(),
+    );
+    let (registry_stop, registry_stopped) = futures::channel::oneshot::channel::<()>();
+    let (registry_done, registry_ended) = futures::channel::oneshot::channel::<()>();
+    let registry_server = speil_http::Server::new(rt.clone());
+    rt.spawn(
+        async move {
+            let stopped = async {
+                let _ = registry_stopped.await;
+            };
+            if let Err(e) = registry_server
+                .serve_until(registry_listener, registry, stopped)
+                .await
+            {
+                tracing::warn!(error = %e, "registry server ended");
+            }
+            let _ = registry_done.send(());
         }
+        .boxed(),
+    );
+    stop_signal.await;
+    tracing::info!("shutting down: finishing transfers in flight");
+    shared.shutdown();
+    let _ = registry_stop.send(());
+    if crate::within(&rt, DRAIN_BUDGET, registry_ended)
+        .await
+        .is_none()
+    {
+        tracing::warn!("transfers still running after 60 s; exiting anyway");
     }
+    let _ = metrics_stop.send(());
+    handle.shutdown();
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The IP addresses of this host's interfaces (IPv4 from `/proc/net/fib_trie`, IPv6 from
@@ -425,42 +441,53 @@ fn seed_of(peer: &PeerId) -> u64 {
 /// containerd as the registry server's content source. Every call, and every chunk of a
 /// streamed blob, gets at most the core's `store_timeout`: a containerd that stops answering
 /// makes requests fail (or go to peers), not hang.
-struct ContainerdSource {
+struct ContainerdSource<R> {
     client: Containerd,
     timeout: Duration,
+    rt: R,
 }
 
-impl ContainerdSource {
+impl<R: Runtime> ContainerdSource<R> {
     async fn within<T>(
         &self,
         call: impl std::future::Future<Output = Result<T, speil_containerd::Error>>,
     ) -> Result<Result<T, speil_containerd::Error>, SourceError> {
-        tokio::time::timeout(self.timeout, call).await.map_err(|_| {
-            SourceError::new(format!(
-                "containerd did not answer within {:?}",
-                self.timeout
-            ))
-        })
+        crate::within(&self.rt, self.timeout, call)
+            .await
+            .ok_or_else(|| {
+                SourceError::new(format!(
+                    "containerd did not answer within {:?}",
+                    self.timeout
+                ))
+            })
     }
 }
 
 /// A stream whose every item must arrive within `timeout`, else it ends with an error.
-fn stalls_fail<S>(stream: S, timeout: Duration) -> BoxStream<'static, std::io::Result<bytes::Bytes>>
+fn stalls_fail<R, S>(
+    rt: R,
+    stream: S,
+    timeout: Duration,
+) -> BoxStream<'static, std::io::Result<bytes::Bytes>>
 where
+    R: Runtime,
     S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold(Some(stream), move |state| async move {
-        let mut stream = state?;
-        match tokio::time::timeout(timeout, stream.next()).await {
-            Ok(Some(item)) => Some((item, Some(stream))),
-            Ok(None) => None,
-            Err(_) => Some((
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("containerd sent nothing for {timeout:?}"),
+    futures::stream::unfold(Some(stream), move |state| {
+        let rt = rt.clone();
+        async move {
+            let mut stream = state?;
+            match crate::within(&rt, timeout, stream.next()).await {
+                Some(Some(item)) => Some((item, Some(stream))),
+                Some(None) => None,
+                None => Some((
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("containerd sent nothing for {timeout:?}"),
+                    )),
+                    None,
                 )),
-                None,
-            )),
+            }
         }
     })
     .boxed()
@@ -474,7 +501,7 @@ fn source_error(e: speil_containerd::Error) -> Result<(), SourceError> {
     }
 }
 
-impl ContentSource for ContainerdSource {
+impl<R: Runtime> ContentSource for ContainerdSource<R> {
     fn resolve_tag<'a>(
         &'a self,
         image: &'a str,
@@ -530,6 +557,7 @@ impl ContentSource for ContainerdSource {
                         len: range.len,
                     },
                     CtdBody::Stream(s) => BlobBody::Stream(stalls_fail(
+                        self.rt.clone(),
                         s.map(|r| r.map_err(std::io::Error::other)),
                         self.timeout,
                     )),
@@ -636,9 +664,9 @@ mod tests {
     #[tokio::test]
     async fn an_unspecified_host_binds_one_socket_for_both_families() {
         let l = bind("--x", &crate::cli::parse_listen_addr(":0").unwrap())
-            .await
             .ok()
             .unwrap();
+        let l = tokio::net::TcpListener::from_std(l).unwrap();
         let port = l.local_addr().unwrap().port();
         assert!(l.local_addr().unwrap().ip().is_unspecified());
         for peer in ["127.0.0.1", "::1"] {

@@ -1,19 +1,19 @@
 //! The two tiny HTTP pieces of `cleanup` and `cleanup-wait`: a `GET /readyz` responder and
 //! its probe. Both speak HTTP/1.1 through `speil-h1`, for kubelet probes and each other.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures::{AsyncReadExt, AsyncWriteExt};
 use http::{HeaderMap, Method, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use speil_driver::Runtime;
 
 use crate::cli::ListenAddr;
 
 /// Binds the first candidate address that works; `[::]` (what `:PORT` means) for both
 /// families.
-pub async fn bind(addr: &ListenAddr) -> Result<TcpListener> {
+pub fn bind(addr: &ListenAddr) -> Result<TcpListener> {
     let mut last = None;
     for candidate in addr
         .candidates()
@@ -22,7 +22,7 @@ pub async fn bind(addr: &ListenAddr) -> Result<TcpListener> {
         let bound = if candidate.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED) {
             bind_dual_stack(candidate)
         } else {
-            TcpListener::bind(candidate).await
+            TcpListener::bind(candidate)
         };
         match bound {
             Ok(l) => return Ok(l),
@@ -45,35 +45,37 @@ pub fn bind_dual_stack(addr: std::net::SocketAddr) -> std::io::Result<TcpListene
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(1024)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Answers `GET /readyz` (and `HEAD`) with 200 and anything else with 404, until `stop`
-/// completes.
-pub async fn serve_readyz(listener: TcpListener, stop: impl std::future::Future<Output = ()>) {
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), answer(stream)).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
+/// completes; over the registry's own HTTP/1.1 server (an unreadable head gets its 400/431).
+pub async fn serve_readyz<R: Runtime>(
+    rt: R,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<()> {
+    let listener = rt.listen(listener)?;
+    let service = hyper::service::service_fn(|req: http::Request<_>| {
+        let ok =
+            matches!(*req.method(), Method::GET | Method::HEAD) && req.uri().path() == "/readyz";
+        let mut response = http::Response::new(speil_http::body::empty());
+        *response.status_mut() = if ok {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        std::future::ready(Ok::<_, speil_http::BoxError>(response))
+    });
+    speil_http::Server::new(rt)
+        .serve_until(listener, service, stop)
+        .await
 }
 
 /// Reads from `stream` into `buf` until `parse` finds a whole head (`Ok(None)` when the
 /// connection ends first, the inner error when the head is refused).
 async fn read_head<T>(
-    stream: &mut TcpStream,
+    stream: &mut (impl futures::AsyncRead + Unpin),
     buf: &mut Vec<u8>,
     parse: impl Fn(&[u8]) -> Result<speil_h1::Status<(T, usize)>, speil_h1::Error>,
 ) -> std::io::Result<Option<Result<T, speil_h1::Error>>> {
@@ -92,44 +94,15 @@ async fn read_head<T>(
     }
 }
 
-async fn answer(mut stream: TcpStream) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(512);
-    let limits = speil_h1::Limits::default();
-    let Some(head) = read_head(&mut stream, &mut buf, |b| {
-        speil_h1::parse_request(b, &limits)
-    })
-    .await?
-    else {
-        return Ok(());
-    };
-    let status = match head {
-        Err(e) => e.status(),
-        Ok(parts) => {
-            let ok =
-                matches!(parts.method, Method::GET | Method::HEAD) && parts.uri.path() == "/readyz";
-            if ok {
-                StatusCode::OK
-            } else {
-                StatusCode::NOT_FOUND
-            }
-        }
-    };
-    let mut response = Vec::new();
-    speil_h1::encode_response_head(
-        status,
-        &HeaderMap::new(),
-        speil_h1::Framing::Length(0),
-        true,
-        &mut response,
-    );
-    stream.write_all(&response).await?;
-    stream.shutdown().await
-}
-
 /// `GET http://<addr>/readyz` within `timeout`; true on a 200.
-pub async fn probe_readyz(addr: SocketAddr, host: &str, timeout: Duration) -> bool {
+pub async fn probe_readyz<R: Runtime>(
+    rt: &R,
+    addr: SocketAddr,
+    host: &str,
+    timeout: Duration,
+) -> bool {
     let attempt = async {
-        let mut stream = TcpStream::connect(addr).await?;
+        let mut stream = rt.connect(addr).await?;
         let mut request = Vec::new();
         speil_h1::encode_request_head(
             &Method::GET,
@@ -152,7 +125,7 @@ pub async fn probe_readyz(addr: SocketAddr, host: &str, timeout: Duration) -> bo
             matches!(head, Some(Ok(parts)) if parts.status == StatusCode::OK),
         )
     };
-    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Ok(true)))
+    matches!(crate::within(rt, timeout, attempt).await, Some(Ok(true)))
 }
 
 #[cfg(test)]
@@ -160,39 +133,43 @@ mod tests {
     use super::*;
 
     /// `cleanup --addr=:PORT` (the chart's form) answers probes over IPv4 and IPv6.
+    use speil_driver::tokio::Tokio;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
     #[tokio::test]
     async fn an_unspecified_host_serves_readyz_to_both_families() {
-        let listener = bind(&crate::cli::parse_listen_addr(":0").unwrap())
-            .await
-            .unwrap();
+        let listener = bind(&crate::cli::parse_listen_addr(":0").unwrap()).unwrap();
         let port = listener.local_addr().unwrap().port();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_readyz(listener, async {
+        let server = tokio::spawn(serve_readyz(Tokio, listener, async {
             let _ = rx.await;
         }));
         for ip in ["127.0.0.1", "::1"] {
             let addr = std::net::SocketAddr::new(ip.parse().unwrap(), port);
             assert!(
-                probe_readyz(addr, "x", Duration::from_secs(1)).await,
+                probe_readyz(&Tokio, addr, "x", Duration::from_secs(1)).await,
                 "{addr}"
             );
         }
         let _ = tx.send(());
-        server.await.unwrap();
+        server.await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn readyz_round_trip() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve_readyz(listener, async {
+        let server = tokio::spawn(serve_readyz(Tokio, listener, async {
             let _ = rx.await;
         }));
-        assert!(probe_readyz(addr, "x", Duration::from_secs(1)).await);
+        assert!(probe_readyz(&Tokio, addr, "x", Duration::from_secs(1)).await);
         // A raw request for another path gets a 404.
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /other HTTP/1.1\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /other HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 404"));
@@ -203,8 +180,8 @@ mod tests {
         s.read_to_string(&mut out).await.unwrap();
         assert!(out.starts_with("HTTP/1.1 400"), "{out}");
         tx.send(()).unwrap();
-        server.await.unwrap();
+        server.await.unwrap().unwrap();
         // Nothing listens any more.
-        assert!(!probe_readyz(addr, "x", Duration::from_millis(200)).await);
+        assert!(!probe_readyz(&Tokio, addr, "x", Duration::from_millis(200)).await);
     }
 }

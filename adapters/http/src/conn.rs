@@ -1,19 +1,21 @@
-//! The tokio build's HTTP/1.1 server connection, which sends local blobs with `sendfile`.
+//! The HTTP/1.1 server: the accept loop and the connection loop of the registry and metrics
+//! servers, on any [`Runtime`], sending local blobs with `sendfile`.
 //!
 //! # Why a connection loop of its own
 //!
 //! SPEC.md §2 asks for local blobs to be sent with zero copy. hyper owns the socket of the
 //! connections it serves and only writes bytes handed to it by a body, so a file region
-//! cannot reach the socket through hyper without being read into memory first. The tokio
-//! build therefore serves registry connections with this small HTTP/1.1 loop instead of
-//! hyper's; the smol build keeps hyper (its file bodies are read in chunks).
+//! cannot reach the socket through hyper without being read into memory first (hyperium/hyper
+//! #3026). Both builds therefore serve connections with this small HTTP/1.1 loop; hyper is
+//! only the peer client.
 //!
 //! Only the *transmission* is specific: the loop parses a request head, calls the same
 //! runtime-neutral service ([`RegistryService`](crate::server::RegistryService) decides the
 //! status, headers and which bytes), and writes the response. When the response carries a
 //! [`FileRegion`] extension (a local blob from the content directory) that it can take,
-//! it writes the head and then loops `sendfile(2)` from the file to the socket
-//! (`writable().await` + `try_io`, so a full socket buffer parks the task like any write).
+//! it writes the head and then loops the runtime's `sendfile(2)` from the file to the socket
+//! ([`Runtime::poll_sendfile`] waits for writability, so a full socket buffer parks the task
+//! like any write).
 //! Every other body (errors, manifests, bodies relayed from peers) is written frame by frame.
 //!
 //! The API is `GET`/`HEAD` without request bodies, which keeps the loop small:
@@ -40,12 +42,18 @@
 //! runtime ignores `SIGPIPE`): the connection is dropped, nothing else is affected.
 
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::future::Either;
+use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
+use speil_driver::{Runtime, RuntimeExt};
+use tokio::sync::watch;
 
 use bytes::{Buf, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -54,9 +62,6 @@ use http_body_util::Empty;
 use hyper::body::Body;
 use speil_core::error::OciError;
 use speil_core::request::HEADERS_MAX;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
-use tokio::net::TcpStream;
-use tokio::sync::watch;
 
 use crate::body::{FileRegion, Region, ResponseBody};
 use crate::server::{MAX_BUF_SIZE, error_response};
@@ -82,10 +87,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Most bytes read and discarded while lingering.
 const LINGER_MAX: usize = 256 * 1024;
 
-static ZERO_COPY_RESPONSES: AtomicU64 = AtomicU64::new(0);
-static ZERO_COPY_BYTES: AtomicU64 = AtomicU64::new(0);
-
-/// What the zero-copy path sent since the process started (all servers of the process).
+/// What one server's zero-copy path sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Responses whose body was a file region sent with `sendfile` (counted when the head is
@@ -95,26 +97,140 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-/// The zero-copy counters of this process.
-pub fn stats() -> Stats {
-    Stats {
-        responses: ZERO_COPY_RESPONSES.load(Ordering::Relaxed),
-        bytes: ZERO_COPY_BYTES.load(Ordering::Relaxed),
+#[derive(Debug, Default)]
+struct Counters {
+    responses: AtomicU64,
+    bytes: AtomicU64,
+}
+
+/// An HTTP/1.1 server on a runtime: accepts connections and serves each with a service.
+#[derive(Debug, Clone)]
+pub struct Server<R> {
+    rt: R,
+    counters: Arc<Counters>,
+}
+
+impl<R: Runtime> Server<R> {
+    /// A server on `rt`.
+    pub fn new(rt: R) -> Server<R> {
+        Server {
+            rt,
+            counters: Arc::default(),
+        }
+    }
+
+    /// What this server's zero-copy path sent so far.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            responses: self.counters.responses.load(Ordering::Relaxed),
+            bytes: self.counters.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Accepts connections on `listener` forever.
+    pub async fn serve<S>(&self, listener: R::Listener, service: S) -> io::Result<()>
+    where
+        S: Service,
+    {
+        self.serve_until(listener, service, std::future::pending())
+            .await
+    }
+
+    /// Like [`Server::serve`] until `shutdown` completes; then stops accepting, lets every
+    /// connection finish the response in flight (idle keep-alive connections are closed),
+    /// and returns when all are done. Call
+    /// [`Shared::shutdown`](crate::driver::Shared::shutdown) first so that requests arriving
+    /// meanwhile get 503.
+    pub async fn serve_until<S>(
+        &self,
+        listener: R::Listener,
+        service: S,
+        shutdown: impl Future<Output = ()>,
+    ) -> io::Result<()>
+    where
+        S: Service,
+    {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Every connection task holds a clone; when all are gone, the receiver ends.
+        let (done_tx, mut done_rx) = futures::channel::mpsc::channel::<()>(0);
+        let shutdown = shutdown.fuse();
+        futures::pin_mut!(shutdown);
+        loop {
+            let accepted = self.rt.accept(&listener).fuse();
+            futures::pin_mut!(accepted);
+            futures::select_biased! {
+                () = shutdown => break,
+                accepted = accepted => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            // Out of file descriptors and the like: wait, do not give up.
+                            tracing::warn!(error = %e, "accept failed");
+                            self.rt.sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let conn = serve_connection(
+                        self.rt.clone(),
+                        stream,
+                        service.clone(),
+                        stop_rx.clone(),
+                        self.counters.clone(),
+                    );
+                    let done = done_tx.clone();
+                    self.rt.spawn(Box::pin(async move {
+                        conn.await;
+                        drop(done);
+                    }));
+                }
+            }
+        }
+        drop(listener);
+        let _ = stop_tx.send(true);
+        drop(done_tx);
+        while done_rx.next().await.is_some() {}
+        Ok(())
     }
 }
 
-/// Serves one connection with `service` until the client closes it, an error ends it, or
-/// `stop` turns true (then as described in the module docs).
-pub async fn serve_connection<S>(stream: TcpStream, service: S, mut stop: watch::Receiver<bool>)
-where
+/// The service a server calls for each request.
+pub trait Service:
+    hyper::service::Service<
+        Request<Empty<Bytes>>,
+        Response = Response<ResponseBody>,
+        Error = BoxError,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Service for S where
     S: hyper::service::Service<
             Request<Empty<Bytes>>,
             Response = Response<ResponseBody>,
             Error = BoxError,
-        >,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
 {
+}
+
+/// Serves one connection with `service` until the client closes it, an error ends it, or
+/// `stop` turns true (then as described in the module docs).
+async fn serve_connection<R: Runtime, S: Service>(
+    rt: R,
+    stream: R::Tcp,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    counters: Arc<Counters>,
+) {
     let mut conn = Conn {
+        rt,
         stream,
+        counters,
         buf: Vec::new(),
         filled: 0,
         out: VecDeque::new(),
@@ -153,8 +269,10 @@ enum HeadError {
     Malformed(String),
 }
 
-struct Conn {
-    stream: TcpStream,
+struct Conn<R: Runtime> {
+    rt: R,
+    stream: R::Tcp,
+    counters: Arc<Counters>,
     /// Bytes read and not yet parsed are `buf[..filled]`.
     buf: Vec<u8>,
     filled: usize,
@@ -163,15 +281,12 @@ struct Conn {
     queued: usize,
 }
 
-impl Conn {
-    async fn serve<S>(&mut self, service: S, stop: &mut watch::Receiver<bool>) -> io::Result<Close>
-    where
-        S: hyper::service::Service<
-                Request<Empty<Bytes>>,
-                Response = Response<ResponseBody>,
-                Error = BoxError,
-            >,
-    {
+impl<R: Runtime> Conn<R> {
+    async fn serve<S: Service>(
+        &mut self,
+        service: S,
+        stop: &mut watch::Receiver<bool>,
+    ) -> io::Result<Close> {
         loop {
             let head = match self.read_head(stop).await? {
                 Some(Ok(head)) => head,
@@ -253,9 +368,12 @@ impl Conn {
                 let len = (self.buf.len() * 2).clamp(4096, MAX_BUF_SIZE);
                 self.buf.resize(len, 0);
             }
-            let n = tokio::select! {
-                read = self.stream.read(&mut self.buf[self.filled..]) => read?,
-                () = stopped(stop) => return Ok(None),
+            let read = self.stream.read(&mut self.buf[self.filled..]);
+            let stopping = stopped(stop);
+            futures::pin_mut!(read, stopping);
+            let n = match futures::future::select(read, stopping).await {
+                Either::Left((read, _)) => read?,
+                Either::Right(_) => return Ok(None),
             };
             if n == 0 {
                 // Closed by the client (a partial head is dropped, as hyper drops it).
@@ -340,8 +458,8 @@ impl Conn {
                     && let Some(file) = region.take()
                 {
                     self.flush().await?;
-                    ZERO_COPY_RESPONSES.fetch_add(1, Ordering::Relaxed);
-                    send_file(&mut self.stream, &file, region).await?;
+                    self.counters.responses.fetch_add(1, Ordering::Relaxed);
+                    self.send_file(&file, region).await?;
                     // The body is dropped only now: the request's metrics end with the
                     // transfer.
                     drop(body);
@@ -471,20 +589,62 @@ impl Conn {
     /// Closes the connection after a last response: shuts down writing, then reads (and
     /// drops) what the client still sends until it closes, for at most [`LINGER`].
     async fn linger(&mut self) {
-        if self.stream.shutdown().await.is_err() {
+        if self.stream.close().await.is_err() {
             return;
         }
         let mut sink = [0u8; 4096];
         let mut drained = 0;
-        let _ = tokio::time::timeout(LINGER, async {
+        let stream = &mut self.stream;
+        let drain = async move {
             while drained < LINGER_MAX {
-                match self.stream.read(&mut sink).await {
+                match stream.read(&mut sink).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => drained += n,
                 }
             }
-        })
-        .await;
+        };
+        let timer = self.rt.sleep(LINGER);
+        futures::pin_mut!(drain);
+        let _ = futures::future::select(drain, timer).await;
+    }
+
+    /// Sends `file`'s region with `sendfile`, counting the bytes on `region`. On a file
+    /// system that cannot `sendfile`, the rest of the region is read and written instead.
+    async fn send_file(&mut self, file: &Region, region: &FileRegion) -> io::Result<()> {
+        let mut offset = file.offset;
+        let end = file
+            .offset
+            .checked_add(file.len)
+            .ok_or_else(|| io::Error::other("file region past the largest offset"))?;
+        while offset < end {
+            let count = usize::try_from(end - offset).map_or(SENDFILE_MAX, |n| n.min(SENDFILE_MAX));
+            match self
+                .rt
+                .sendfile(&self.stream, &file.file, offset, count)
+                .await
+            {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        crate::body::Truncated(format!(
+                            "blob file ended {} bytes early",
+                            end - offset
+                        )),
+                    ));
+                }
+                Ok(n) => {
+                    offset += n as u64;
+                    region.record_sent(n as u64);
+                    self.counters.bytes.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if cannot_sendfile(&e) => {
+                    tracing::debug!(error = %e, "sendfile unsupported here; copying");
+                    return copy_file(&mut self.stream, &file.file, offset, end, region).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -506,47 +666,6 @@ enum Framing {
 #[error("response body failed: {0}")]
 struct BodyFailed(BoxError);
 
-/// Sends `file`'s region to `stream` with `sendfile`, counting the bytes on `region`. On a
-/// file system that cannot `sendfile`, the rest of the region is read and written instead.
-async fn send_file(stream: &mut TcpStream, file: &Region, region: &FileRegion) -> io::Result<()> {
-    let mut offset = file.offset;
-    let end = file
-        .offset
-        .checked_add(file.len)
-        .ok_or_else(|| io::Error::other("file region past the largest offset"))?;
-    while offset < end {
-        let count = usize::try_from(end - offset).map_or(SENDFILE_MAX, |n| n.min(SENDFILE_MAX));
-        stream.writable().await?;
-        let mut at = offset;
-        let out: &TcpStream = stream;
-        let sent = out.try_io(Interest::WRITABLE, || {
-            rustix::fs::sendfile(out, &file.file, Some(&mut at), count).map_err(io::Error::from)
-        });
-        match sent {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    crate::body::Truncated(format!("blob file ended {} bytes early", end - offset)),
-                ));
-            }
-            Ok(n) => {
-                offset += n as u64;
-                region.record_sent(n as u64);
-                ZERO_COPY_BYTES.fetch_add(n as u64, Ordering::Relaxed);
-            }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if cannot_sendfile(&e) => {
-                tracing::debug!(error = %e, "sendfile unsupported here; copying");
-                return copy_file(stream, &file.file, offset, end, region).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
 /// Whether `sendfile` failed because the file (system) does not support it.
 fn cannot_sendfile(e: &io::Error) -> bool {
     use rustix::io::Errno;
@@ -557,7 +676,7 @@ fn cannot_sendfile(e: &io::Error) -> bool {
 
 /// Sends `file[offset..end]` with positional reads and writes, [`CHUNK_SIZE`] at a time.
 async fn copy_file(
-    stream: &mut TcpStream,
+    stream: &mut (impl futures::AsyncWrite + Unpin),
     file: &std::fs::File,
     mut offset: u64,
     end: u64,
@@ -704,6 +823,8 @@ mod tests {
         let file = std::fs::File::open(&path).unwrap();
         let _ = std::fs::remove_file(&path);
         let region = FileRegion::for_tests(100_000);
+        use tokio::io::AsyncReadExt as _;
+        use tokio::net::TcpStream;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let reader = tokio::spawn(async move {
@@ -712,7 +833,8 @@ mod tests {
             s.read_to_end(&mut got).await.unwrap();
             got
         });
-        let (mut stream, _) = listener.accept().await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut stream = speil_driver::tokio::Stream(stream);
         copy_file(&mut stream, &file, 50_000, 150_000, &region)
             .await
             .unwrap();
@@ -721,7 +843,7 @@ mod tests {
         assert_eq!(region.sent(), 100_000);
         // A file that ends before the region does: an error, not a short success.
         let (tx, rx) = tokio::join!(TcpStream::connect(addr), listener.accept());
-        let (mut stream, _) = rx.unwrap();
+        let mut stream = speil_driver::tokio::Stream(rx.unwrap().0);
         let err = copy_file(&mut stream, &file, 150_000, 250_000, &region)
             .await
             .unwrap_err();

@@ -1,0 +1,248 @@
+//! The mirroring state machine: what to do with a request whose content is not on this node.
+//!
+//! For each such request the machine looks the key up (one shared DHT query per key, results
+//! cached for a few seconds), picks the least-used peer (ties broken by the seeded RNG), starts
+//! a fetch, hedges with further fetches at the observed p80/p85/p90 of time-to-first-byte, and
+//! gives up within its budgets so that containerd always gets a status it can fall back from.
+//! When the winning peer's body breaks mid-stream, it resumes from another peer with a `Range`
+//! that starts where the client's body stopped; when nobody can continue it aborts the
+//! connection rather than end a 200 with a short body.
+//!
+//! Blob bytes never pass through here: [`Output::Serve`] and [`Output::Continue`] tell the
+//! adapter which fetch feeds which response, and the adapter reports back with
+//! [`Mirror::handle_pipe_finished`] / [`Mirror::handle_pipe_interrupted`].
+//!
+//! The machine is split by concern: [`ids`] and [`config`] and the facts it takes
+//! ([`facts`]) are data; `lookups` shares and caches DHT queries, `fetches` picks peers,
+//! hedges and judges answers, `requests` ends requests, `resume` continues broken bodies,
+//! [`timers`] holds every deadline and its reason; [`error`] is adapter misuse.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
+use crate::keys::Key;
+
+pub mod config;
+pub mod error;
+pub mod facts;
+mod fetches;
+pub mod ids;
+mod lookups;
+mod requests;
+mod resume;
+#[cfg(test)]
+mod tests;
+pub mod timers;
+
+pub use config::MirrorConfig;
+pub use error::MirrorError;
+pub use facts::{ContentRange, FetchFailure, FetchResponse, MirrorRequest};
+pub use ids::{FetchId, LookupId, RequestId};
+pub use timers::TimeoutReason;
+
+/// A command for the adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output<P> {
+    /// Look up providers of `key`; report them with [`Mirror::handle_providers`] and the end of
+    /// the query with [`Mirror::handle_lookup_finished`].
+    Lookup {
+        /// The lookup.
+        id: LookupId,
+        /// What to look up.
+        key: Key,
+        /// How many providers to ask for.
+        count: usize,
+    },
+    /// Stop a lookup nobody waits for any more.
+    CancelLookup {
+        /// The lookup.
+        id: LookupId,
+    },
+    /// Send the request to `peer`'s registry with `X-Spegel-Mirrored: true`.
+    Fetch {
+        /// The fetch.
+        id: FetchId,
+        /// The client request it serves.
+        request: RequestId,
+        /// The peer to ask.
+        peer: P,
+        /// `None`: forward the client's own `Range` (if any). `Some`: send
+        /// `Range: bytes=start-end` instead (a resumed body).
+        range: Option<(u64, u64)>,
+    },
+    /// Stop a fetch and drop its connection.
+    CancelFetch {
+        /// The fetch.
+        id: FetchId,
+    },
+    /// Answer the client with this fetch's status, headers and body.
+    Serve {
+        /// The client request.
+        request: RequestId,
+        /// The fetch whose response to relay.
+        fetch: FetchId,
+    },
+    /// Continue the client's interrupted body with this fetch's body.
+    Continue {
+        /// The client request.
+        request: RequestId,
+        /// The fetch whose body continues the response.
+        fetch: FetchId,
+    },
+    /// Answer 404 with an OCI error whose message is `reason`.
+    NotFound {
+        /// The client request.
+        request: RequestId,
+        /// Why (`could not find peer for <key>`, `all <n> attempts failed for <key>`).
+        reason: String,
+        /// The same as a fixed label: [`crate::FailReason::NoPeer`] or
+        /// [`crate::FailReason::AllAttemptsFailed`].
+        cause: crate::FailReason,
+    },
+    /// Abort the client's connection: the body cannot be completed.
+    Abort {
+        /// The client request.
+        request: RequestId,
+    },
+}
+
+#[derive(Debug)]
+struct Lookup<P> {
+    id: LookupId,
+    providers: Vec<P>,
+    finished_at: Option<Instant>,
+    waiters: BTreeSet<RequestId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FetchState {
+    Dialing {
+        deadline: Instant,
+    },
+    Waiting {
+        deadline: Instant,
+        connected: Instant,
+    },
+    Serving,
+}
+
+#[derive(Debug)]
+struct Fetch<P> {
+    request: RequestId,
+    peer: P,
+    state: FetchState,
+    /// For a resume: the exact range asked for.
+    resume: Option<(u64, u64)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Looking for a first good response.
+    Resolving,
+    /// Relaying a body covering `span` (`[start, end]` of the blob; `None` when the body's
+    /// extent is unknown, which makes it impossible to resume).
+    Streaming {
+        fetch: FetchId,
+        span: Option<(u64, u64)>,
+    },
+    /// The body broke after `written` bytes; looking for a peer to continue.
+    Resuming { start: u64, end: u64, written: u64 },
+}
+
+#[derive(Debug)]
+struct Request<P> {
+    req: MirrorRequest,
+    started: Instant,
+    phase: Phase,
+    candidates: Vec<P>,
+    tried: BTreeSet<P>,
+    attempts: usize,
+    in_flight: BTreeSet<FetchId>,
+    first_fetch_at: Option<Instant>,
+    /// Hedge thresholds passed since the first fetch.
+    hedges_due: usize,
+    /// Since when nothing has been in flight (for the resolve budget).
+    idle_since: Instant,
+    lookup_finished: bool,
+}
+
+/// The mirroring state machine. `P` is the peer type (`libp2p::PeerId` in the node, a small
+/// integer in simulations).
+#[derive(Debug)]
+pub struct Mirror<P> {
+    config: MirrorConfig,
+    local: P,
+    rng: SmallRng,
+    lookups: BTreeMap<Key, Lookup<P>>,
+    lookup_keys: BTreeMap<LookupId, Key>,
+    requests: BTreeMap<RequestId, Request<P>>,
+    fetches: BTreeMap<FetchId, Fetch<P>>,
+    peer_load: BTreeMap<P, usize>,
+    ttfb: VecDeque<Duration>,
+    outputs: VecDeque<Output<P>>,
+    next_fetch: u64,
+    next_lookup: u64,
+}
+
+impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
+    /// A machine for the node whose own peer is `local` (never fetched from).
+    pub fn new(config: MirrorConfig, local: P, seed: u64) -> Self {
+        Mirror {
+            config,
+            local,
+            rng: SmallRng::seed_from_u64(seed),
+            lookups: BTreeMap::new(),
+            lookup_keys: BTreeMap::new(),
+            requests: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            peer_load: BTreeMap::new(),
+            ttfb: VecDeque::new(),
+            outputs: VecDeque::new(),
+            next_fetch: 0,
+            next_lookup: 0,
+        }
+    }
+
+    // ---- getters ----
+
+    /// The configuration.
+    pub fn config(&self) -> &MirrorConfig {
+        &self.config
+    }
+
+    /// Number of requests being mirrored.
+    pub fn active_requests(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Number of fetches in progress.
+    pub fn active_fetches(&self) -> usize {
+        self.fetches.len()
+    }
+
+    /// The current time-to-first-byte estimate at percentile `pct` (0–100).
+    pub fn ttfb_percentile(&self, pct: u8) -> Duration {
+        if self.ttfb.is_empty() {
+            return self.config.default_ttfb;
+        }
+        let mut sorted: Vec<Duration> = self.ttfb.iter().copied().collect();
+        sorted.sort_unstable();
+        // Nearest-rank percentile.
+        let rank = (usize::from(pct.min(100)) * sorted.len()).div_ceil(100);
+        sorted[rank.saturating_sub(1).min(sorted.len() - 1)]
+    }
+
+    /// How long a connected fetch may wait for its headers: `max(2 × p90, min_header_budget)`.
+    pub fn header_budget(&self) -> Duration {
+        (self.ttfb_percentile(90) * 2).max(self.config.min_header_budget)
+    }
+
+    /// The next command for the adapter.
+    pub fn poll_output(&mut self) -> Option<Output<P>> {
+        self.outputs.pop_front()
+    }
+}

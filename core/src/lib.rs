@@ -11,8 +11,11 @@
 //! 2. Every mutating call takes `now: Instant`; the core never reads a clock. Randomness comes
 //!    from a seed given at construction: the same seed and the same input trace give the same
 //!    output trace.
-//! 3. After any `handle_*`, drain `poll_output()` until `None`, then read `poll_timeout()` and
-//!    set one timer. `handle_timeout(now)` tolerates early calls.
+//! 3. Every fact goes in as one [`node::Input`] through [`node::Node::handle`]; after it (and
+//!    after [`node::Node::handle_timeout`]), drain `poll_output()` until `None`, then read
+//!    `poll_timeout()` (deadline and reason) and set one timer. `handle_timeout(now)`
+//!    tolerates early calls. There is one output type, [`node::Output`]: the node's
+//!    sub-machines decide in it, so nothing is translated on the way out.
 //! 4. Blob bytes never pass through the core.
 //! 5. No panic on any input: misuse is an `Err`, network trouble is an input.
 //! 6. No `HashMap` iteration (determinism); ties are broken by the seeded RNG.

@@ -3,12 +3,15 @@
 use crate::digest::Digest;
 use crate::keys::Key;
 use crate::range::ByteRange;
+use crate::request::Target;
 
 /// A request the node decided to mirror.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorRequest {
     /// The key to look up (tag key or digest key).
     pub key: Key,
+    /// What the client asked for (phrases the 404 when no peer has it).
+    pub target: Target,
     /// The digest the client asked for, when it asked by digest: a peer answering with another
     /// `Docker-Content-Digest` is rejected.
     pub digest: Option<Digest>,

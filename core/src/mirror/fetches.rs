@@ -13,7 +13,11 @@ use super::{
 
 impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// The fetch's connection is up and the request was sent.
-    pub fn handle_fetch_connected(&mut self, now: Instant, id: FetchId) -> Result<(), MirrorError> {
+    pub(crate) fn handle_fetch_connected(
+        &mut self,
+        now: Instant,
+        id: FetchId,
+    ) -> Result<(), MirrorError> {
         let budget = self.header_budget();
         let fetch = self
             .fetches
@@ -29,7 +33,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     }
 
     /// The fetch failed before its headers arrived.
-    pub fn handle_fetch_failed(
+    pub(crate) fn handle_fetch_failed(
         &mut self,
         now: Instant,
         id: FetchId,
@@ -47,7 +51,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     }
 
     /// The fetch's status and headers arrived.
-    pub fn handle_fetch_responded(
+    pub(crate) fn handle_fetch_responded(
         &mut self,
         now: Instant,
         id: FetchId,
@@ -130,6 +134,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                 for f in others {
                     self.cancel_fetch(now, f);
                 }
+                self.hits += 1;
                 self.outputs.push_back(Output::Serve {
                     request: rid,
                     fetch: id,

@@ -12,7 +12,7 @@ use crate::keys::Key;
 
 impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// A request to mirror.
-    pub fn handle_request(
+    pub(crate) fn handle_request(
         &mut self,
         now: Instant,
         id: RequestId,
@@ -74,7 +74,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     }
 
     /// Providers found by a lookup (may be called several times per lookup).
-    pub fn handle_providers(
+    pub(crate) fn handle_providers(
         &mut self,
         now: Instant,
         id: LookupId,
@@ -106,7 +106,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     }
 
     /// A lookup finished (or failed): no more providers will come from it.
-    pub fn handle_lookup_finished(
+    pub(crate) fn handle_lookup_finished(
         &mut self,
         now: Instant,
         id: LookupId,

@@ -10,7 +10,7 @@
 //!
 //! Blob bytes never pass through here: [`Output::Serve`] and [`Output::Continue`] tell the
 //! adapter which fetch feeds which response, and the adapter reports back with
-//! [`Mirror::handle_pipe_finished`] / [`Mirror::handle_pipe_interrupted`].
+//! [`Input::PipeFinished`] / [`Input::PipeInterrupted`].
 //!
 //! The machine is split by concern: [`ids`] and [`config`] and the facts it takes
 //! ([`facts`]) are data; `lookups` shares and caches DHT queries, `fetches` picks peers,
@@ -25,6 +25,9 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::keys::Key;
+use crate::node::Output;
+#[cfg(doc)]
+use crate::node::Input;
 
 pub mod config;
 pub mod error;
@@ -43,72 +46,6 @@ pub use error::MirrorError;
 pub use facts::{ContentRange, FetchFailure, FetchResponse, MirrorRequest};
 pub use ids::{FetchId, LookupId, RequestId};
 pub use timers::TimeoutReason;
-
-/// A command for the adapter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output<P> {
-    /// Look up providers of `key`; report them with [`Mirror::handle_providers`] and the end of
-    /// the query with [`Mirror::handle_lookup_finished`].
-    Lookup {
-        /// The lookup.
-        id: LookupId,
-        /// What to look up.
-        key: Key,
-        /// How many providers to ask for.
-        count: usize,
-    },
-    /// Stop a lookup nobody waits for any more.
-    CancelLookup {
-        /// The lookup.
-        id: LookupId,
-    },
-    /// Send the request to `peer`'s registry with `X-Spegel-Mirrored: true`.
-    Fetch {
-        /// The fetch.
-        id: FetchId,
-        /// The client request it serves.
-        request: RequestId,
-        /// The peer to ask.
-        peer: P,
-        /// `None`: forward the client's own `Range` (if any). `Some`: send
-        /// `Range: bytes=start-end` instead (a resumed body).
-        range: Option<(u64, u64)>,
-    },
-    /// Stop a fetch and drop its connection.
-    CancelFetch {
-        /// The fetch.
-        id: FetchId,
-    },
-    /// Answer the client with this fetch's status, headers and body.
-    Serve {
-        /// The client request.
-        request: RequestId,
-        /// The fetch whose response to relay.
-        fetch: FetchId,
-    },
-    /// Continue the client's interrupted body with this fetch's body.
-    Continue {
-        /// The client request.
-        request: RequestId,
-        /// The fetch whose body continues the response.
-        fetch: FetchId,
-    },
-    /// Answer 404 with an OCI error whose message is `reason`.
-    NotFound {
-        /// The client request.
-        request: RequestId,
-        /// Why (`could not find peer for <key>`, `all <n> attempts failed for <key>`).
-        reason: String,
-        /// The same as a fixed label: [`crate::FailReason::NoPeer`] or
-        /// [`crate::FailReason::AllAttemptsFailed`].
-        cause: crate::FailReason,
-    },
-    /// Abort the client's connection: the body cannot be completed.
-    Abort {
-        /// The client request.
-        request: RequestId,
-    },
-}
 
 #[derive(Debug)]
 struct Lookup<P> {
@@ -183,7 +120,11 @@ pub struct Mirror<P> {
     fetches: BTreeMap<FetchId, Fetch<P>>,
     peer_load: BTreeMap<P, usize>,
     ttfb: VecDeque<Duration>,
+    /// Commands for the adapter, in the node's own [`Output`] type: the node moves them into its
+    /// queue as they are.
     outputs: VecDeque<Output<P>>,
+    hits: u64,
+    misses: u64,
     next_fetch: u64,
     next_lookup: u64,
 }
@@ -202,6 +143,8 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             peer_load: BTreeMap::new(),
             ttfb: VecDeque::new(),
             outputs: VecDeque::new(),
+            hits: 0,
+            misses: 0,
             next_fetch: 0,
             next_lookup: 0,
         }
@@ -212,6 +155,11 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// The configuration.
     pub fn config(&self) -> &MirrorConfig {
         &self.config
+    }
+
+    /// Whether request `id` is being mirrored.
+    pub fn has_request(&self, id: RequestId) -> bool {
+        self.requests.contains_key(&id)
     }
 
     /// Number of requests being mirrored.
@@ -241,8 +189,13 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         (self.ttfb_percentile(90) * 2).max(self.config.min_header_budget)
     }
 
-    /// The next command for the adapter.
-    pub fn poll_output(&mut self) -> Option<Output<P>> {
-        self.outputs.pop_front()
+    /// Mirrored requests answered by a peer (`cache="hit"`) and not (`cache="miss"`).
+    pub fn counts(&self) -> (u64, u64) {
+        (self.hits, self.misses)
+    }
+
+    /// Moves the commands decided so far to the end of `queue`.
+    pub(crate) fn take_outputs(&mut self, queue: &mut VecDeque<Output<P>>) {
+        queue.append(&mut self.outputs);
     }
 }

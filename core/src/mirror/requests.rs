@@ -8,7 +8,7 @@ use super::{FetchState, Mirror, MirrorError, Output, Phase, RequestId};
 
 impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// The client went away: stop everything for this request.
-    pub fn handle_request_closed(
+    pub(crate) fn handle_request_closed(
         &mut self,
         now: Instant,
         id: RequestId,
@@ -41,10 +41,11 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                         crate::FailReason::AllAttemptsFailed,
                     )
                 };
-                self.outputs.push_back(Output::NotFound {
+                self.misses += 1;
+                self.outputs.push_back(Output::Fail {
                     request: rid,
-                    reason,
-                    cause,
+                    error: crate::node::unknown(&r.req.target, reason),
+                    reason: cause,
                 });
             }
         }

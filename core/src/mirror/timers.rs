@@ -25,7 +25,7 @@ pub enum TimeoutReason {
 
 impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// Time passed. Early calls are harmless.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         self.expire_cache(now);
         let expired: Vec<FetchId> = self
             .fetches
@@ -60,7 +60,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     }
 
     // ---- outputs ----
-    /// When to call [`Mirror::handle_timeout`] next, and why.
+    /// When the mirror next needs time to pass, and why.
     pub fn poll_timeout(&self) -> Option<(Instant, TimeoutReason)> {
         let mut best: Option<(Instant, TimeoutReason)> = None;
         let mut consider = |at: Instant, why: TimeoutReason| {

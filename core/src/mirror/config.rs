@@ -17,9 +17,13 @@ pub struct MirrorConfig {
     pub min_header_budget: Duration,
     /// A peer that does not accept the connection within this long is skipped.
     pub dial_timeout: Duration,
-    /// A body being relayed that delivers no byte for this long is treated as broken (and
-    /// resumed from another peer): a stalled peer must not hang the client.
+    /// A body being relayed that delivers fewer than `min_progress` bytes to the client in this
+    /// long is treated as broken (and resumed from another peer): a stalled peer must not hang
+    /// the client. The core's own watchdog enforces it (see the `resume` module).
     pub stall_timeout: Duration,
+    /// Body bytes a relayed response must deliver to the client per `stall_timeout` to count
+    /// as moving (at least 1).
+    pub min_progress: u64,
     /// The time-to-first-byte estimate used before anything was observed.
     pub default_ttfb: Duration,
     /// Hedged fetches start at these percentiles of recent time-to-first-byte.
@@ -38,6 +42,7 @@ impl Default for MirrorConfig {
             min_header_budget: Duration::from_millis(100),
             dial_timeout: Duration::from_millis(200),
             stall_timeout: Duration::from_secs(5),
+            min_progress: 1,
             default_ttfb: Duration::from_millis(50),
             hedge_percentiles: vec![80, 85, 90],
             ttfb_window: 128,

@@ -17,4 +17,8 @@ pub enum MirrorError {
     /// The lookup id is not known.
     #[error("unknown lookup {0:?}")]
     UnknownLookup(LookupId),
+    /// The request exists but waits for no such report (an answer nobody asked for, or one
+    /// that came too late).
+    #[error("unexpected report for request {0:?}")]
+    UnexpectedReport(RequestId),
 }

@@ -1,5 +1,13 @@
-//! Fetches: which peer next (least used, ties by the seeded RNG), when to hedge (the observed
-//! time-to-first-byte percentiles), and whether a peer's answer is good enough to relay.
+//! Fetches: which peer next, at which address, when to hedge (the observed time-to-first-byte
+//! percentiles), and whether a peer's answer is good enough to relay.
+//!
+//! Peer choice: among the providers this request may still ask, those it has used the fewest
+//! addresses of come first (a fresh peer before a second address of one that could not be
+//! reached), then the least-used peer of the node, then the seeded RNG. Address choice: a
+//! peer's addresses are dialled in the order the lookup reported them; a connection that fails
+//! ([`FetchFailure::Connect`], or no connection within the dial budget) makes the peer
+//! eligible again at its next address, while a peer that answered, or whose connection broke
+//! after it was made, is not asked again for that request.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -7,8 +15,8 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::{
-    Fetch, FetchFailure, FetchId, FetchResponse, FetchState, Mirror, MirrorError, Output, Phase,
-    Request, RequestId,
+    Fetch, FetchFailure, FetchId, FetchRange, FetchResponse, FetchState, Mirror, MirrorError,
+    Output, Phase, Request, RequestId, Watch, WatchState,
 };
 
 impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
@@ -37,7 +45,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         &mut self,
         now: Instant,
         id: FetchId,
-        _why: FetchFailure,
+        why: FetchFailure,
     ) -> Result<(), MirrorError> {
         let fetch = self.fetches.get(&id).ok_or(MirrorError::UnknownFetch(id))?;
         if fetch.state == FetchState::Serving {
@@ -45,6 +53,9 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             return Ok(());
         }
         let rid = fetch.request;
+        if matches!(why, FetchFailure::Connect(_)) {
+            self.reopen(id);
+        }
         self.finish_fetch(now, id);
         self.pump(now, rid);
         Ok(())
@@ -123,7 +134,15 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                     (200, _, Some(len)) if len > 0 => Some((0, len - 1)),
                     _ => None,
                 };
-                request.phase = Phase::Streaming { fetch: id, span };
+                request.phase = Phase::Streaming {
+                    fetch: id,
+                    span,
+                    watch: Watch {
+                        last: 0,
+                        due: now + self.config.stall_timeout,
+                        state: WatchState::Idle,
+                    },
+                };
                 let others: Vec<FetchId> = request
                     .in_flight
                     .iter()
@@ -140,10 +159,19 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                     fetch: id,
                 });
             }
-            Phase::Resuming { start, end, .. } => {
+            Phase::Resuming {
+                start,
+                end,
+                written,
+            } => {
                 request.phase = Phase::Streaming {
                     fetch: id,
                     span: Some((start, end)),
+                    watch: Watch {
+                        last: written,
+                        due: now + self.config.stall_timeout,
+                        state: WatchState::Idle,
+                    },
                 };
                 self.mark_serving(id);
                 self.outputs.push_back(Output::Continue {
@@ -200,12 +228,26 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         offsets.get(r.hedges_due).map(|o| first + *o)
     }
 
+    /// The peers `r` may ask now.
     pub(super) fn untried(&self, r: &Request<P>) -> Vec<P> {
         r.candidates
             .iter()
-            .filter(|p| !r.tried.contains(*p))
-            .cloned()
+            .filter(|c| c.eligible())
+            .map(|c| c.peer.clone())
             .collect()
+    }
+
+    /// The connection of fetch `id` could not be made: its peer may be asked again, at its
+    /// next address.
+    pub(super) fn reopen(&mut self, id: FetchId) {
+        let Some(f) = self.fetches.get(&id) else {
+            return;
+        };
+        if let Some(r) = self.requests.get_mut(&f.request)
+            && let Some(c) = r.candidates.iter_mut().find(|c| c.peer == f.peer)
+        {
+            c.done = false;
+        }
     }
 
     /// Starts what may start for request `rid`, and ends it when nothing is left to try.
@@ -225,7 +267,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             if untried.is_empty() || self.requests[&rid].in_flight.len() >= allowed {
                 break;
             }
-            let peer = self.choose(&untried);
+            let peer = self.choose(rid, &untried);
             self.start_fetch(now, rid, peer);
         }
         let Some(r) = self.requests.get(&rid) else {
@@ -240,11 +282,20 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         }
     }
 
-    /// Least-used peer first; ties broken by the seeded RNG.
-    pub(super) fn choose(&mut self, untried: &[P]) -> P {
+    /// Fewest addresses used by this request first, then the least-used peer; ties broken by
+    /// the seeded RNG.
+    pub(super) fn choose(&mut self, rid: RequestId, untried: &[P]) -> P {
+        let used = |p: &P| {
+            self.requests
+                .get(&rid)
+                .and_then(|r| r.candidates.iter().find(|c| c.peer == *p))
+                .map_or(0, |c| c.used)
+        };
+        let fewest = untried.iter().map(used).min().unwrap_or(0);
+        let fresh: Vec<&P> = untried.iter().filter(|p| used(p) == fewest).collect();
         let load = |p: &P| self.peer_load.get(p).copied().unwrap_or(0);
-        let min = untried.iter().map(load).min().unwrap_or(0);
-        let least: Vec<&P> = untried.iter().filter(|p| load(p) == min).collect();
+        let min = fresh.iter().map(|p| load(p)).min().unwrap_or(0);
+        let least: Vec<&P> = fresh.into_iter().filter(|p| load(p) == min).collect();
         let pick = if least.len() > 1 {
             self.rng.random_range(0..least.len())
         } else {
@@ -257,12 +308,19 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         let Some(r) = self.requests.get_mut(&rid) else {
             return;
         };
+        let Some(c) = r.candidates.iter_mut().find(|c| c.peer == peer) else {
+            return;
+        };
+        let Some(addr) = c.addrs.get(c.used).copied() else {
+            return;
+        };
+        c.used += 1;
+        c.done = true;
         let id = FetchId(self.next_fetch);
         self.next_fetch += 1;
-        r.tried.insert(peer.clone());
         r.attempts += 1;
         r.in_flight.insert(id);
-        let range = match r.phase {
+        let resume = match r.phase {
             Phase::Resuming {
                 start,
                 end,
@@ -271,6 +329,11 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             } => Some((start + written, end)),
             _ => None,
         };
+        let range = match resume {
+            Some((start, end)) => FetchRange::FromTo { start, end },
+            None => FetchRange::forward(r.req.range),
+        };
+        let (method, path) = (r.req.method(), r.req.path.clone());
         if r.first_fetch_at.is_none() && matches!(r.phase, Phase::Resolving) {
             r.first_fetch_at = Some(now);
         }
@@ -283,13 +346,16 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                 state: FetchState::Dialing {
                     deadline: now + self.config.dial_timeout,
                 },
-                resume: range,
+                resume,
             },
         );
         self.outputs.push_back(Output::Fetch {
             id,
             request: rid,
             peer,
+            addr,
+            method,
+            path,
             range,
         });
     }

@@ -3,10 +3,12 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::{
-    Lookup, LookupId, Mirror, MirrorError, MirrorRequest, Output, Phase, Request, RequestId,
+    Candidate, Lookup, LookupId, Mirror, MirrorError, MirrorRequest, Output, Phase, Request,
+    RequestId,
 };
 use crate::keys::Key;
 
@@ -28,7 +30,6 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             started: now,
             phase: Phase::Resolving,
             candidates: Vec::new(),
-            tried: BTreeSet::new(),
             attempts: 0,
             in_flight: BTreeSet::new(),
             first_fetch_at: None,
@@ -38,10 +39,8 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         };
         match self.lookups.get_mut(&key) {
             Some(lookup) => {
-                for p in &lookup.providers {
-                    if *p != self.local && !request.candidates.contains(p) {
-                        request.candidates.push(p.clone());
-                    }
+                for (p, addrs) in &lookup.providers {
+                    request.add_candidate(p, addrs);
                 }
                 request.lookup_finished = lookup.finished_at.is_some();
                 lookup.waiters.insert(id);
@@ -73,31 +72,53 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         Ok(())
     }
 
-    /// Providers found by a lookup (may be called several times per lookup).
+    /// Providers found by a lookup (may be called several times per lookup), with their
+    /// registry addresses in order of preference. A provider without an address cannot be
+    /// reached and is ignored; a provider reported again adds the addresses it did not have.
     pub(crate) fn handle_providers(
         &mut self,
         now: Instant,
         id: LookupId,
-        providers: Vec<P>,
+        providers: Vec<(P, Vec<SocketAddr>)>,
     ) -> Result<(), MirrorError> {
         let key = self.lookup_key(id)?;
         let Some(lookup) = self.lookups.get_mut(&key) else {
             return Err(MirrorError::UnknownLookup(id));
         };
         let mut fresh = Vec::new();
-        for p in providers {
-            if p != self.local && !lookup.providers.contains(&p) {
-                lookup.providers.push(p.clone());
-                fresh.push(p);
+        for (p, addrs) in providers {
+            if p == self.local {
+                continue;
+            }
+            let known = match lookup.providers.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, known)) => known,
+                None => {
+                    lookup.providers.push((p.clone(), Vec::new()));
+                    let last = lookup.providers.len() - 1;
+                    &mut lookup.providers[last].1
+                }
+            };
+            let new: Vec<SocketAddr> =
+                addrs
+                    .into_iter()
+                    .filter(|a| !known.contains(a))
+                    .fold(Vec::new(), |mut v, a| {
+                        if !v.contains(&a) {
+                            v.push(a);
+                        }
+                        v
+                    });
+            known.extend(new.iter().copied());
+            if !new.is_empty() {
+                fresh.push((p, new));
             }
         }
+        lookup.providers.retain(|(_, addrs)| !addrs.is_empty());
         let waiters: Vec<RequestId> = lookup.waiters.iter().copied().collect();
         for rid in waiters {
             if let Some(r) = self.requests.get_mut(&rid) {
-                for p in &fresh {
-                    if !r.candidates.contains(p) {
-                        r.candidates.push(p.clone());
-                    }
+                for (p, addrs) in &fresh {
+                    r.add_candidate(p, addrs);
                 }
             }
             self.pump(now, rid);
@@ -149,6 +170,30 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         for k in expired {
             if let Some(l) = self.lookups.remove(&k) {
                 self.lookup_keys.remove(&l.id);
+            }
+        }
+    }
+}
+
+impl<P: Clone + Ord> Request<P> {
+    /// Adds `peer` as a candidate, or the addresses it did not have to an existing one.
+    pub(super) fn add_candidate(&mut self, peer: &P, addrs: &[SocketAddr]) {
+        let c = match self.candidates.iter_mut().position(|c| c.peer == *peer) {
+            Some(i) => &mut self.candidates[i],
+            None => {
+                self.candidates.push(Candidate {
+                    peer: peer.clone(),
+                    addrs: Vec::new(),
+                    used: 0,
+                    done: false,
+                });
+                let last = self.candidates.len() - 1;
+                &mut self.candidates[last]
+            }
+        };
+        for a in addrs {
+            if !c.addrs.contains(a) {
+                c.addrs.push(*a);
             }
         }
     }

@@ -19,15 +19,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::keys::Key;
-use crate::node::Output;
 #[cfg(doc)]
 use crate::node::Input;
+use crate::node::Output;
 
 pub mod config;
 pub mod error;
@@ -43,14 +44,15 @@ pub mod timers;
 
 pub use config::MirrorConfig;
 pub use error::MirrorError;
-pub use facts::{ContentRange, FetchFailure, FetchResponse, MirrorRequest};
+pub use facts::{ContentRange, FetchFailure, FetchRange, FetchResponse, MirrorRequest};
 pub use ids::{FetchId, LookupId, RequestId};
 pub use timers::TimeoutReason;
 
 #[derive(Debug)]
 struct Lookup<P> {
     id: LookupId,
-    providers: Vec<P>,
+    /// The providers found so far and their registry addresses, in the order they came.
+    providers: Vec<(P, Vec<SocketAddr>)>,
     finished_at: Option<Instant>,
     waiters: BTreeSet<RequestId>,
 }
@@ -85,9 +87,49 @@ enum Phase {
     Streaming {
         fetch: FetchId,
         span: Option<(u64, u64)>,
+        watch: Watch,
     },
     /// The body broke after `written` bytes; looking for a peer to continue.
     Resuming { start: u64, end: u64, written: u64 },
+}
+
+/// The stall watchdog of a body being relayed (see `resume`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Watch {
+    /// Body bytes the client had received at the last good report.
+    last: u64,
+    /// When the next step is due.
+    due: Instant,
+    state: WatchState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WatchState {
+    /// Waiting for `due` to ask for progress.
+    Idle,
+    /// [`Output::PollProgress`] was sent; its answer is due by `due`.
+    Polled,
+    /// [`Output::Interrupt`] was sent; the pipe's report is due by `due`.
+    Interrupting,
+}
+
+/// A provider as one request sees it: its addresses, how many of them this request used, and
+/// whether it may be asked (again).
+#[derive(Debug)]
+struct Candidate<P> {
+    peer: P,
+    addrs: Vec<SocketAddr>,
+    /// Addresses used so far (the next fetch dials `addrs[used]`).
+    used: usize,
+    /// Asked, and not to be asked again: it answered, broke after connecting, or is being
+    /// asked now. A failed connection clears it, so that the peer's next address is tried.
+    done: bool,
+}
+
+impl<P> Candidate<P> {
+    fn eligible(&self) -> bool {
+        !self.done && self.used < self.addrs.len()
+    }
 }
 
 #[derive(Debug)]
@@ -95,8 +137,7 @@ struct Request<P> {
     req: MirrorRequest,
     started: Instant,
     phase: Phase,
-    candidates: Vec<P>,
-    tried: BTreeSet<P>,
+    candidates: Vec<Candidate<P>>,
     attempts: usize,
     in_flight: BTreeSet<FetchId>,
     first_fetch_at: Option<Instant>,

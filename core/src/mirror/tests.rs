@@ -4,6 +4,8 @@
 #![allow(clippy::disallowed_methods)]
 
 use super::*;
+use std::net::SocketAddr;
+
 use crate::digest::Digest;
 use crate::range::ByteRange;
 use crate::request::Target;
@@ -20,11 +22,21 @@ fn drain(m: &mut Mirror<u32>) -> Vec<Output<u32>> {
     q.into()
 }
 
+/// Peer `n`'s registry is at 192.0.2.n:5000 (TEST-NET-1, never dialled).
+fn addr(n: u32) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, n as u8], 5000))
+}
+
+fn peers(ps: &[u32]) -> Vec<(u32, Vec<SocketAddr>)> {
+    ps.iter().map(|p| (*p, vec![addr(*p)])).collect()
+}
+
 fn blob_req(key: &str) -> MirrorRequest {
     let digest = Digest::sha256_of(key.as_bytes());
     MirrorRequest {
         key: Key::digest(&digest),
         target: Target::Blob(digest.clone()),
+        path: format!("/v2/x/blobs/{digest}"),
         digest: Some(digest),
         manifest: false,
         head: false,
@@ -50,7 +62,7 @@ fn lookup_id(outs: &[Output<u32>]) -> LookupId {
         .expect("a lookup")
 }
 
-type Started = (FetchId, u32, Option<(u64, u64)>);
+type Started = (FetchId, u32, FetchRange);
 
 fn fetches(outs: &[Output<u32>]) -> Vec<Started> {
     outs.iter()
@@ -72,7 +84,7 @@ fn serves_from_a_peer_and_never_from_itself() {
     let outs = drain(&mut m);
     let lid = lookup_id(&outs);
     assert!(matches!(outs[0], Output::Lookup { count: 3, .. }));
-    m.handle_providers(t0, lid, vec![SELF, 7]).unwrap();
+    m.handle_providers(t0, lid, peers(&[SELF, 7])).unwrap();
     let outs = drain(&mut m);
     let f = fetches(&outs);
     assert_eq!(f.len(), 1);
@@ -100,7 +112,7 @@ fn only_self_is_not_found() {
     let req = blob_req("a");
     m.handle_request(t0, RequestId(1), req.clone()).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![SELF]).unwrap();
+    m.handle_providers(t0, lid, peers(&[SELF])).unwrap();
     m.handle_lookup_finished(t0 + ms(2), lid).unwrap();
     let outs = drain(&mut m);
     assert_eq!(
@@ -147,7 +159,7 @@ fn lookups_are_shared_and_cached() {
         .count();
     assert_eq!(lookups, 1);
     let lid = lookup_id(&outs);
-    m.handle_providers(t0 + ms(1), lid, vec![5]).unwrap();
+    m.handle_providers(t0 + ms(1), lid, peers(&[5])).unwrap();
     m.handle_lookup_finished(t0 + ms(2), lid).unwrap();
     let f = fetches(&drain(&mut m));
     assert_eq!(f.len(), 2, "both requests fetch");
@@ -185,7 +197,7 @@ fn hedges_at_the_observed_percentiles() {
         let t = t0 + ms(i * 1000);
         m.handle_request(t, rid, req.clone()).unwrap();
         let lid = lookup_id(&drain(&mut m));
-        m.handle_providers(t, lid, vec![1]).unwrap();
+        m.handle_providers(t, lid, peers(&[1])).unwrap();
         let f = fetches(&drain(&mut m))[0].0;
         m.handle_fetch_connected(t, f).unwrap();
         m.handle_fetch_responded(t + ms(i), f, ok_200(&req, 1))
@@ -200,7 +212,8 @@ fn hedges_at_the_observed_percentiles() {
     let req = blob_req("hedged");
     m.handle_request(t1, RequestId(1), req.clone()).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t1, lid, vec![1, 2, 3, 4, 5]).unwrap();
+    m.handle_providers(t1, lid, peers(&[1, 2, 3, 4, 5]))
+        .unwrap();
     let first = fetches(&drain(&mut m));
     assert_eq!(first.len(), 1);
     m.handle_fetch_connected(t1 + ms(1), first[0].0).unwrap();
@@ -248,7 +261,7 @@ fn default_hedge_is_50ms_and_dial_budget_skips_dead_peers() {
     let mut m = Mirror::new(MirrorConfig::default(), SELF, 3);
     m.handle_request(t0, RequestId(1), blob_req("x")).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![1, 2]).unwrap();
+    m.handle_providers(t0, lid, peers(&[1, 2])).unwrap();
     let first = fetches(&drain(&mut m));
     assert_eq!(m.poll_timeout(), Some((t0 + ms(50), TimeoutReason::Hedge)));
     m.handle_timeout(t0 + ms(50));
@@ -277,6 +290,7 @@ fn header_budget_and_manifest_budget() {
     let req = MirrorRequest {
         key: Key::tag("127.0.0.1:5000", "test/small", "v1"),
         target: Target::ManifestTag("v1".into()),
+        path: "/v2/test/small/manifests/v1?ns=127.0.0.1%3A5000".into(),
         digest: None,
         manifest: true,
         head: true,
@@ -284,7 +298,7 @@ fn header_budget_and_manifest_budget() {
     };
     m.handle_request(t0, RequestId(1), req).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![1]).unwrap();
+    m.handle_providers(t0, lid, peers(&[1])).unwrap();
     let f = fetches(&drain(&mut m))[0].0;
     m.handle_fetch_connected(t0 + ms(5), f).unwrap();
     assert_eq!(
@@ -302,6 +316,7 @@ fn header_budget_and_manifest_budget() {
     let req = MirrorRequest {
         key: Key::tag("127.0.0.1:5000", "test/small", "v2"),
         target: Target::ManifestTag("v2".into()),
+        path: "/v2/test/small/manifests/v2?ns=127.0.0.1%3A5000".into(),
         digest: None,
         manifest: true,
         head: false,
@@ -315,7 +330,7 @@ fn header_budget_and_manifest_budget() {
     let mut ended = None;
     for _ in 0..1000 {
         peer += 1;
-        m.handle_providers(now, lid, vec![peer]).unwrap();
+        m.handle_providers(now, lid, peers(&[peer])).unwrap();
         for f in fetches(&drain(&mut m)) {
             m.handle_fetch_connected(now, f.0).unwrap();
         }
@@ -339,7 +354,7 @@ fn rejects_a_peer_with_another_digest() {
     let req = blob_req("d");
     m.handle_request(t0, RequestId(1), req.clone()).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![1, 2]).unwrap();
+    m.handle_providers(t0, lid, peers(&[1, 2])).unwrap();
     let f = fetches(&drain(&mut m));
     let mut lie = ok_200(&req, 4);
     lie.digest = Some(Digest::sha256_of(b"other").to_string());
@@ -360,7 +375,7 @@ fn peer_answers_must_match_what_was_asked() {
     req.range = Some(ByteRange::FromTo { start: 10, end: 19 });
     m.handle_request(t0, RequestId(1), req.clone()).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![1, 2, 3, 4]).unwrap();
+    m.handle_providers(t0, lid, peers(&[1, 2, 3, 4])).unwrap();
     m.handle_lookup_finished(t0, lid).unwrap();
     let digest = req.digest.as_ref().map(|d| d.to_string());
     let part = |start, end| FetchResponse {
@@ -411,7 +426,7 @@ fn an_unsatisfiable_range_is_relayed_not_retried() {
     req.range = Some(ByteRange::From { start: 1000 });
     m.handle_request(t0, RequestId(1), req).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![1, 2]).unwrap();
+    m.handle_providers(t0, lid, peers(&[1, 2])).unwrap();
     let f = fetches(&drain(&mut m))[0].0;
     let too_far = FetchResponse {
         status: 416,
@@ -436,7 +451,7 @@ fn resumes_a_broken_body_from_another_peer() {
     let req = blob_req("big");
     m.handle_request(t0, RequestId(1), req.clone()).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![1, 2, 3]).unwrap();
+    m.handle_providers(t0, lid, peers(&[1, 2, 3])).unwrap();
     m.handle_lookup_finished(t0, lid).unwrap();
     let f = fetches(&drain(&mut m))[0];
     m.handle_fetch_connected(t0, f.0).unwrap();
@@ -448,7 +463,13 @@ fn resumes_a_broken_body_from_another_peer() {
     let r = fetches(&drain(&mut m));
     assert_eq!(r.len(), 1);
     assert_ne!(r[0].1, f.1);
-    assert_eq!(r[0].2, Some((400, 999)));
+    assert_eq!(
+        r[0].2,
+        FetchRange::FromTo {
+            start: 400,
+            end: 999
+        }
+    );
     // A peer that answers with the wrong range is not used.
     m.handle_fetch_connected(t0 + ms(11), r[0].0).unwrap();
     let wrong = FetchResponse {
@@ -465,7 +486,13 @@ fn resumes_a_broken_body_from_another_peer() {
         .unwrap();
     let r2 = fetches(&drain(&mut m));
     assert_eq!(r2.len(), 1);
-    assert_eq!(r2[0].2, Some((400, 999)));
+    assert_eq!(
+        r2[0].2,
+        FetchRange::FromTo {
+            start: 400,
+            end: 999
+        }
+    );
     m.handle_fetch_connected(t0 + ms(13), r2[0].0).unwrap();
     let right = FetchResponse {
         status: 206,
@@ -511,9 +538,16 @@ fn resume_of_a_client_range_keeps_its_end() {
     });
     m.handle_request(t0, RequestId(1), req.clone()).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![1, 2]).unwrap();
+    m.handle_providers(t0, lid, peers(&[1, 2])).unwrap();
     let f = fetches(&drain(&mut m))[0];
-    assert_eq!(f.2, None, "the first fetch forwards the client's Range");
+    assert_eq!(
+        f.2,
+        FetchRange::FromTo {
+            start: 100,
+            end: 199
+        },
+        "the first fetch forwards the client's Range"
+    );
     let partial = FetchResponse {
         status: 206,
         digest: req.digest.as_ref().map(|d| d.to_string()),
@@ -527,7 +561,13 @@ fn resume_of_a_client_range_keeps_its_end() {
     m.handle_fetch_responded(t0, f.0, partial).unwrap();
     drain(&mut m);
     m.handle_pipe_interrupted(t0, RequestId(1), 30).unwrap();
-    assert_eq!(fetches(&drain(&mut m))[0].2, Some((130, 199)));
+    assert_eq!(
+        fetches(&drain(&mut m))[0].2,
+        FetchRange::FromTo {
+            start: 130,
+            end: 199
+        }
+    );
 }
 
 #[test]
@@ -537,7 +577,7 @@ fn least_used_peer_first() {
     // Request 1 occupies peer 1 or 2; request 2 must pick the other one.
     m.handle_request(t0, RequestId(1), blob_req("k")).unwrap();
     let lid = lookup_id(&drain(&mut m));
-    m.handle_providers(t0, lid, vec![1, 2]).unwrap();
+    m.handle_providers(t0, lid, peers(&[1, 2])).unwrap();
     let a = fetches(&drain(&mut m))[0].1;
     m.handle_request(t0, RequestId(2), blob_req("k")).unwrap();
     let b = fetches(&drain(&mut m))[0].1;

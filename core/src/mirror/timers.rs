@@ -1,10 +1,11 @@
 //! Every deadline of the mirror, and its reason: dial and header budgets of fetches, the
-//! manifest budget, the resolve budget, hedges and the lookup cache.
+//! manifest budget, the resolve budget, hedges, the lookup cache and the stall watchdog of
+//! relayed bodies.
 
 use std::fmt;
 use std::time::Instant;
 
-use super::{FetchId, FetchState, Mirror, Phase, RequestId};
+use super::{FetchId, FetchState, Mirror, Phase, RequestId, WatchState};
 
 /// Why the machine wants to be woken up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,12 @@ pub enum TimeoutReason {
     Budget,
     /// A cached lookup expires.
     CacheExpiry,
+    /// A relayed body's progress is due to be polled ([`crate::node::Output::PollProgress`]).
+    Stall,
+    /// A progress poll was not answered in time (the body is then interrupted).
+    ProgressAnswer,
+    /// An interrupted pipe did not report how far it got in time (the client is then aborted).
+    InterruptAnswer,
 }
 
 impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
@@ -39,8 +46,16 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             .map(|(id, _)| *id)
             .collect();
         for f in expired {
+            // A peer that could not be reached in time may be asked at its next address.
+            if matches!(
+                self.fetches.get(&f).map(|x| x.state),
+                Some(FetchState::Dialing { .. })
+            ) {
+                self.reopen(f);
+            }
             self.cancel_fetch(now, f);
         }
+        self.watch_bodies(now);
         let budget = self.config.manifest_budget;
         let over_budget: Vec<RequestId> = self
             .requests
@@ -82,7 +97,13 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                     TimeoutReason::Budget,
                 );
             }
-            if matches!(r.phase, Phase::Streaming { .. }) {
+            if let Phase::Streaming { watch, .. } = r.phase {
+                let why = match watch.state {
+                    WatchState::Idle => TimeoutReason::Stall,
+                    WatchState::Polled => TimeoutReason::ProgressAnswer,
+                    WatchState::Interrupting => TimeoutReason::InterruptAnswer,
+                };
+                consider(watch.due, why);
                 continue;
             }
             if r.in_flight.is_empty() {

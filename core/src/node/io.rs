@@ -1,23 +1,67 @@
 //! The node's one input type and one output type: facts in, commands out.
+//!
+//! Commands are self-contained: each names everything its execution needs (the peer's
+//! address, the method, path and exact range of a fetch; the digest, size and range of a local
+//! answer), so an adapter keeps no state per request beyond the handles of what it runs.
 
+use std::net::SocketAddr;
+
+use crate::digest::Digest;
 use crate::error::OciError;
 use crate::keys::Key;
-use crate::mirror::{FetchFailure, FetchId, FetchResponse, LookupId, RequestId};
+use crate::mirror::{FetchFailure, FetchId, FetchRange, FetchResponse, LookupId, RequestId};
+use crate::range::ResolvedRange;
 use crate::request::ContentRequest;
 use crate::store::StoreEvent;
 
-use super::Local;
+/// Whether the requested content is in this node's store: the answer to
+/// [`Output::StatLocal`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// The store holds it: the digest (a tag resolved to it, or the digest asked for) and the
+    /// size of that content.
+    Present {
+        /// The content's digest.
+        digest: Digest,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// The store does not hold it.
+    Absent,
+    /// The store could not tell (unreachable, or an error).
+    Unknown,
+}
+
+/// What [`Output::StatLocal`] asks the store about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatTarget {
+    /// Resolve the image `<registry>/<repository>:<tag>` to its target digest and that
+    /// content's size.
+    Tag {
+        /// The image name as the store keeps it.
+        image: String,
+    },
+    /// The size of this content, if present.
+    Digest(Digest),
+}
 
 /// A fact for the node: everything the adapters report goes through [`super::Node::handle`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input<P> {
-    /// A content request (manifest or blob) and whether the store holds its content.
+    /// A content request (manifest or blob). The node answers with [`Output::StatLocal`] or
+    /// decides at once.
     Request {
         /// The request's id (allocated by the adapter).
         id: RequestId,
         /// The parsed request.
         request: ContentRequest,
-        /// Whether the store holds the content.
+    },
+    /// The store's answer to [`Output::StatLocal`]. An answer after the store budget
+    /// (`NodeConfig::store_timeout`) is a stale report: the node already decided.
+    LocalAnswered {
+        /// The request.
+        request: RequestId,
+        /// What the store holds.
         local: Local,
     },
     /// The client of a request went away.
@@ -25,12 +69,13 @@ pub enum Input<P> {
         /// The request.
         request: RequestId,
     },
-    /// Providers found by a lookup (may come several times per lookup).
+    /// Providers found by a lookup (may come several times per lookup), each with its
+    /// registry's socket addresses in order of preference.
     Providers {
         /// The lookup.
         lookup: LookupId,
-        /// The providers found.
-        providers: Vec<P>,
+        /// The providers found and their registry addresses.
+        providers: Vec<(P, Vec<SocketAddr>)>,
     },
     /// A lookup finished (or failed): no more providers will come from it.
     LookupFinished {
@@ -46,7 +91,7 @@ pub enum Input<P> {
     FetchFailed {
         /// The fetch.
         fetch: FetchId,
-        /// Why.
+        /// Why: [`FetchFailure::Connect`] lets the core try the peer's next address.
         why: FetchFailure,
     },
     /// A fetch's status and headers arrived.
@@ -56,13 +101,21 @@ pub enum Input<P> {
         /// What the peer answered.
         response: FetchResponse,
     },
+    /// The answer to [`Output::PollProgress`]: body bytes the client has received so far, in
+    /// total across every fetch that fed the response.
+    PipeProgress {
+        /// The request.
+        request: RequestId,
+        /// Body bytes written to the client.
+        written: u64,
+    },
     /// A relayed response is complete.
     PipeFinished {
         /// The request.
         request: RequestId,
     },
-    /// A relayed body broke after `written` bytes of the body reached the client in total
-    /// (across every fetch that fed it).
+    /// A relayed body broke (or was stopped by [`Output::Interrupt`]) after `written` bytes of
+    /// the body reached the client in total (across every fetch that fed it).
     PipeInterrupted {
         /// The request.
         request: RequestId,
@@ -76,12 +129,28 @@ pub enum Input<P> {
 /// A command for the adapters: the one output type of the node and of its sub-machines.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output<P> {
+    /// Ask the content store about the request's content; answer with
+    /// [`Input::LocalAnswered`].
+    StatLocal {
+        /// The client request.
+        request: RequestId,
+        /// What to ask about.
+        what: StatTarget,
+    },
     /// Serve the request from the local store.
     ServeLocal {
         /// The client request.
         request: RequestId,
+        /// The content to send.
+        digest: Digest,
+        /// Its size (the `Content-Length` of a whole answer).
+        size: u64,
+        /// `Some`: answer 206 with these bytes (`Content-Range: bytes start-end/size`).
+        range: Option<ResolvedRange>,
+        /// A HEAD request: headers only.
+        head: bool,
     },
-    /// Answer with this error (a 404 that says why, in most cases).
+    /// Answer with this error (a 404 that says why, a 416, a 503).
     Fail {
         /// The client request.
         request: RequestId,
@@ -105,7 +174,9 @@ pub enum Output<P> {
         /// The lookup.
         id: LookupId,
     },
-    /// Send the request to `peer`'s registry with `X-Spegel-Mirrored: true`.
+    /// Connect to `addr` and send `method path` with `X-Spegel-Mirrored: true`, the `Range`
+    /// rendered from `range` ([`FetchRange::header_value`]) and the node's credentials; report
+    /// [`Input::FetchConnected`], then [`Input::FetchResponded`] or [`Input::FetchFailed`].
     Fetch {
         /// The fetch.
         id: FetchId,
@@ -113,9 +184,14 @@ pub enum Output<P> {
         request: RequestId,
         /// The peer to ask.
         peer: P,
-        /// `None`: forward the client's own `Range` (if any). `Some`: send
-        /// `Range: bytes=start-end` instead (a resumed body).
-        range: Option<(u64, u64)>,
+        /// The peer's registry address to dial.
+        addr: SocketAddr,
+        /// `GET` or `HEAD`.
+        method: http::Method,
+        /// The path and query to send.
+        path: String,
+        /// The exact range to ask for.
+        range: FetchRange,
     },
     /// Stop a fetch and drop its connection.
     CancelFetch {
@@ -135,6 +211,19 @@ pub enum Output<P> {
         request: RequestId,
         /// The fetch whose body continues the response.
         fetch: FetchId,
+    },
+    /// Report how many body bytes the client of this relayed response has received, as
+    /// [`Input::PipeProgress`].
+    PollProgress {
+        /// The client request.
+        request: RequestId,
+    },
+    /// Stop feeding the client from its current peer body (drop that body and its
+    /// connection), keep the client's connection, and report [`Input::PipeInterrupted`] with
+    /// the bytes written; a [`Output::Continue`] or [`Output::Abort`] follows.
+    Interrupt {
+        /// The client request.
+        request: RequestId,
     },
     /// Abort the client's connection: the body cannot be completed.
     Abort {

@@ -5,10 +5,12 @@
 //! decide in the node's own [`Output`] type, and the node moves their commands into its queue
 //! as they are, in the order they were decided.
 //!
-//! The adapter parses a request ([`crate::request::parse_request`]), asks its content store
-//! whether the content is local, and hands both facts over as [`Input::Request`]. The node
-//! decides: serve locally, refuse (filtered, not mirrored, or a peer's request for something
-//! this node does not hold), or mirror from a peer. After any input, drain
+//! The adapter parses a request ([`crate::request::parse_request`]) and hands it over as
+//! [`Input::Request`]. The node refuses what it does not serve (registries not mirrored,
+//! filtered repositories), asks the store about the rest ([`Output::StatLocal`], answered by
+//! [`Input::LocalAnswered`] within `store_timeout` or decided as unknown), and decides: serve
+//! locally (the digest, size and resolved range, or a 416), refuse a peer's request for
+//! something this node does not hold, or mirror from a peer. After any input, drain
 //! [`Node::poll_output`], then arm one timer at [`Node::poll_timeout`].
 
 use std::collections::{BTreeMap, VecDeque};
@@ -16,9 +18,11 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use crate::advertise::{AdvertisedCounts, Advertiser};
+use crate::digest::Digest;
 use crate::error::OciError;
 use crate::filter::RegistryFilter;
 use crate::keys::Key;
+use crate::manifest::MAX_MANIFEST_SIZE;
 use crate::mirror::{Mirror, MirrorConfig, MirrorError, MirrorRequest, RequestId, TimeoutReason};
 use crate::request::{ContentRequest, Target};
 use crate::store::ImageState;
@@ -29,7 +33,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 
-pub use io::{Input, Output};
+pub use io::{Input, Local, Output, StatTarget};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -42,8 +46,9 @@ pub struct NodeConfig<P> {
     pub filter: RegistryFilter,
     /// Interval of the full store re-check (60 s).
     pub recheck_interval: Duration,
-    /// Longest wait for one answer of the content store (and for each chunk of a blob it
-    /// streams): a store that stops answering must not hang requests.
+    /// Longest wait for the content store's answer to [`Output::StatLocal`]: a store that
+    /// stops answering must not hang requests. Without an answer in time the node decides as
+    /// for [`Local::Unknown`] (mirror its own client's request, 503 to a peer).
     pub store_timeout: Duration,
     /// Seed of the node's random choices.
     pub seed: u64,
@@ -63,17 +68,6 @@ impl<P> NodeConfig<P> {
     }
 }
 
-/// Whether the requested content is in this node's store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Local {
-    /// The store holds it.
-    Present,
-    /// The store does not hold it.
-    Absent,
-    /// The store could not tell (unreachable, or no answer within the store budget).
-    Unknown,
-}
-
 /// Why the node wants to be woken up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeTimeout {
@@ -81,6 +75,15 @@ pub enum NodeTimeout {
     Mirror(TimeoutReason),
     /// The periodic store re-check.
     Recheck,
+    /// The content store did not answer a [`Output::StatLocal`] within `store_timeout`.
+    StoreAnswer,
+}
+
+/// A request waiting for the store's answer.
+#[derive(Debug)]
+struct Stat {
+    request: ContentRequest,
+    deadline: Instant,
 }
 
 /// The node's state machine.
@@ -89,6 +92,8 @@ pub struct Node<P> {
     filter: RegistryFilter,
     mirror: Mirror<P>,
     advertiser: Advertiser<P>,
+    stats: BTreeMap<RequestId, Stat>,
+    store_timeout: Duration,
     outputs: VecDeque<Output<P>>,
 }
 
@@ -99,6 +104,8 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
             mirror: Mirror::new(config.mirror, config.local, config.seed),
             advertiser: Advertiser::new(config.filter.clone(), config.recheck_interval),
             filter: config.filter,
+            stats: BTreeMap::new(),
+            store_timeout: config.store_timeout,
             outputs: VecDeque::new(),
         }
     }
@@ -142,14 +149,25 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
     pub fn handle(&mut self, now: Instant, input: Input<P>) -> Result<(), MirrorError> {
         let m = &mut self.mirror;
         let r = match input {
-            Input::Request { id, request, local } => self.request(now, id, &request, local),
-            Input::RequestClosed { request } => m.handle_request_closed(now, request),
+            Input::Request { id, request } => self.request(now, id, request),
+            Input::LocalAnswered { request, local } => match self.stats.remove(&request) {
+                Some(stat) => self.decide(now, request, &stat.request, local),
+                // Too late (decided as unknown), or never asked.
+                None => Err(MirrorError::UnknownRequest(request)),
+            },
+            Input::RequestClosed { request } => match self.stats.remove(&request) {
+                Some(_) => Ok(()),
+                None => m.handle_request_closed(now, request),
+            },
             Input::Providers { lookup, providers } => m.handle_providers(now, lookup, providers),
             Input::LookupFinished { lookup } => m.handle_lookup_finished(now, lookup),
             Input::FetchConnected { fetch } => m.handle_fetch_connected(now, fetch),
             Input::FetchFailed { fetch, why } => m.handle_fetch_failed(now, fetch, why),
             Input::FetchResponded { fetch, response } => {
                 m.handle_fetch_responded(now, fetch, response)
+            }
+            Input::PipeProgress { request, written } => {
+                m.handle_pipe_progress(now, request, written)
             }
             Input::PipeFinished { request } => m.handle_pipe_finished(now, request),
             Input::PipeInterrupted { request, written } => {
@@ -166,6 +184,18 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
 
     /// Time passed. Early calls are harmless.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let late: Vec<RequestId> = self
+            .stats
+            .iter()
+            .filter(|(_, s)| s.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            if let Some(stat) = self.stats.remove(&id) {
+                // Cannot fail: the id is neither waiting for the store nor mirrored.
+                let _ = self.decide(now, id, &stat.request, Local::Unknown);
+            }
+        }
         self.mirror.handle_timeout(now);
         self.advertiser.handle_timeout(now);
         self.collect();
@@ -188,10 +218,13 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
             .advertiser
             .poll_timeout()
             .map(|t| (t, NodeTimeout::Recheck));
-        match (m, a) {
-            (Some(m), Some(a)) => Some(if a.0 < m.0 { a } else { m }),
-            (m, a) => m.or(a),
-        }
+        let s = self
+            .stats
+            .values()
+            .map(|s| s.deadline)
+            .min()
+            .map(|t| (t, NodeTimeout::StoreAnswer));
+        [m, a, s].into_iter().flatten().min_by_key(|(t, _)| *t)
     }
 
     /// Mirrored requests answered by a peer (`cache="hit"`) and not (`cache="miss"`).
@@ -205,10 +238,9 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
         &mut self,
         now: Instant,
         id: RequestId,
-        req: &ContentRequest,
-        local: Local,
+        req: ContentRequest,
     ) -> Result<(), MirrorError> {
-        if self.mirror.has_request(id) {
+        if self.stats.contains_key(&id) || self.mirror.has_request(id) {
             return Err(MirrorError::DuplicateRequest(id));
         }
         if let Some(ns) = req.ns() {
@@ -223,9 +255,37 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
                 return Ok(());
             }
         }
+        let what = match (req.target(), req.ns()) {
+            (Target::ManifestTag(tag), Some(ns)) => StatTarget::Tag {
+                image: format!("{ns}/{}:{tag}", req.name()),
+            },
+            // A store keeps tags under their registry's name: without one nothing matches.
+            (Target::ManifestTag(_), None) => return self.decide(now, id, &req, Local::Absent),
+            (Target::ManifestDigest(d) | Target::Blob(d), _) => StatTarget::Digest(d.clone()),
+        };
+        self.outputs
+            .push_back(Output::StatLocal { request: id, what });
+        self.stats.insert(
+            id,
+            Stat {
+                request: req,
+                deadline: now + self.store_timeout,
+            },
+        );
+        Ok(())
+    }
+
+    /// Decides a request once the store's answer is known.
+    fn decide(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+        req: &ContentRequest,
+        local: Local,
+    ) -> Result<(), MirrorError> {
         match (local, req.mirrored()) {
-            (Local::Present, _) => {
-                self.outputs.push_back(Output::ServeLocal { request: id });
+            (Local::Present { digest, size }, _) => {
+                self.serve_local(id, req, digest, size);
                 Ok(())
             }
             // A peer's request is only ever served locally: this prevents loops. The peer
@@ -245,17 +305,40 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
             }
             // This node's own client: the content may well be on a peer.
             (Local::Absent | Local::Unknown, false) => {
-                let mreq = MirrorRequest {
-                    key: req.key(),
-                    target: req.target().clone(),
-                    digest: req.digest().cloned(),
-                    manifest: req.is_manifest(),
-                    head: req.head(),
-                    range: req.range().copied(),
-                };
-                self.mirror.handle_request(now, id, mreq)
+                self.mirror.handle_request(now, id, MirrorRequest::of(req))
             }
         }
+    }
+
+    /// Serves local content: a manifest within the size limit, a blob whole or in the
+    /// client's range resolved against its size (416 when the range lies outside it).
+    fn serve_local(&mut self, id: RequestId, req: &ContentRequest, digest: Digest, size: u64) {
+        if req.is_manifest() && size > MAX_MANIFEST_SIZE as u64 {
+            let msg = format!("{digest} is {size} bytes, larger than a manifest may be (4 MiB)");
+            self.fail(id, req.target(), msg, crate::FailReason::TooLarge);
+            return;
+        }
+        let range = match req.range().filter(|_| !req.is_manifest()) {
+            None => None,
+            Some(r) => match r.resolve(size) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    self.outputs.push_back(Output::Fail {
+                        request: id,
+                        error: e.into(),
+                        reason: crate::FailReason::RangeNotSatisfiable,
+                    });
+                    return;
+                }
+            },
+        };
+        self.outputs.push_back(Output::ServeLocal {
+            request: id,
+            digest,
+            size,
+            range,
+            head: req.head(),
+        });
     }
 
     fn fail(&mut self, id: RequestId, target: &Target, message: String, reason: crate::FailReason) {

@@ -25,6 +25,34 @@ fn drain(n: &mut Node<u32>) -> Vec<Output<u32>> {
     std::iter::from_fn(|| n.poll_output()).collect()
 }
 
+fn present(d: &Digest) -> Local {
+    Local::Present {
+        digest: d.clone(),
+        size: 1000,
+    }
+}
+
+/// A request, and the store's answer to it when the node asks (at once).
+fn ask(n: &mut Node<u32>, now: Instant, id: RequestId, req: &ContentRequest, local: Local) {
+    n.handle(
+        now,
+        Input::Request {
+            id,
+            request: req.clone(),
+        },
+    )
+    .unwrap();
+    let asked = n
+        .outputs
+        .iter()
+        .position(|o| matches!(o, Output::StatLocal { request, .. } if *request == id));
+    if let Some(i) = asked {
+        n.outputs.remove(i);
+        n.handle(now, Input::LocalAnswered { request: id, local })
+            .unwrap();
+    }
+}
+
 #[test]
 fn local_mirror_and_refusals() {
     let t0 = Instant::now();
@@ -37,32 +65,20 @@ fn local_mirror_and_refusals() {
         &format!("/v2/test/small/blobs/{d}?ns=127.0.0.1%3A5000"),
         false,
     );
-    n.handle(
-        t0,
-        Input::Request {
-            id: RequestId(1),
-            request: blob.clone(),
-            local: Local::Present,
-        },
-    )
-    .unwrap();
+    ask(&mut n, t0, RequestId(1), &blob, present(&d));
     assert_eq!(
         drain(&mut n),
         vec![Output::ServeLocal {
-            request: RequestId(1)
+            request: RequestId(1),
+            digest: d.clone(),
+            size: 1000,
+            range: None,
+            head: false,
         }]
     );
 
     // Not local: looked up.
-    n.handle(
-        t0,
-        Input::Request {
-            id: RequestId(2),
-            request: blob.clone(),
-            local: Local::Absent,
-        },
-    )
-    .unwrap();
+    ask(&mut n, t0, RequestId(2), &blob, Local::Absent);
     let out = drain(&mut n);
     assert!(
         matches!(&out[0], Output::Lookup { key, count: 3, .. } if *key == Key::digest(&d)),
@@ -71,15 +87,7 @@ fn local_mirror_and_refusals() {
 
     // A peer's request for something absent: 404, no lookup (no loops).
     let from_peer = content(Method::GET, &format!("/v2/test/small/blobs/{d}"), true);
-    n.handle(
-        t0,
-        Input::Request {
-            id: RequestId(3),
-            request: from_peer.clone(),
-            local: Local::Absent,
-        },
-    )
-    .unwrap();
+    ask(&mut n, t0, RequestId(3), &from_peer, Local::Absent);
     let out = drain(&mut n);
     let [Output::Fail { error, .. }] = out.as_slice() else {
         panic!("{out:?}")
@@ -89,15 +97,7 @@ fn local_mirror_and_refusals() {
 
     // Registries not mirrored and filtered repositories are refused even when local.
     let other = content(Method::GET, "/v2/x/manifests/v1?ns=ghcr.io", false);
-    n.handle(
-        t0,
-        Input::Request {
-            id: RequestId(4),
-            request: other.clone(),
-            local: Local::Present,
-        },
-    )
-    .unwrap();
+    ask(&mut n, t0, RequestId(4), &other, present(&d));
     let out = drain(&mut n);
     let [Output::Fail { error, .. }] = out.as_slice() else {
         panic!("{out:?}")
@@ -109,15 +109,7 @@ fn local_mirror_and_refusals() {
         "/v2/x/manifests/secret?ns=127.0.0.1%3A5000",
         false,
     );
-    n.handle(
-        t0,
-        Input::Request {
-            id: RequestId(5),
-            request: secret.clone(),
-            local: Local::Present,
-        },
-    )
-    .unwrap();
+    ask(&mut n, t0, RequestId(5), &secret, present(&d));
     assert!(matches!(drain(&mut n).as_slice(), [Output::Fail { .. }]));
 }
 
@@ -127,26 +119,10 @@ fn an_unknown_store_answer_mirrors_or_refuses_peers_with_503() {
     let mut n = Node::new(NodeConfig::new(0u32));
     let d = Digest::sha256_of(b"layer");
     let own = content(Method::GET, &format!("/v2/x/blobs/{d}"), false);
-    n.handle(
-        t0,
-        Input::Request {
-            id: RequestId(1),
-            request: own.clone(),
-            local: Local::Unknown,
-        },
-    )
-    .unwrap();
+    ask(&mut n, t0, RequestId(1), &own, Local::Unknown);
     assert!(matches!(drain(&mut n)[0], Output::Lookup { .. }));
     let from_peer = content(Method::GET, &format!("/v2/x/blobs/{d}"), true);
-    n.handle(
-        t0,
-        Input::Request {
-            id: RequestId(2),
-            request: from_peer.clone(),
-            local: Local::Unknown,
-        },
-    )
-    .unwrap();
+    ask(&mut n, t0, RequestId(2), &from_peer, Local::Unknown);
     let out = drain(&mut n);
     let [Output::Fail { error, .. }] = out.as_slice() else {
         panic!("{out:?}")
@@ -163,15 +139,7 @@ fn mirror_miss_becomes_an_oci_404_that_says_why() {
         "/v2/test/small/manifests/v1?ns=127.0.0.1%3A5000",
         false,
     );
-    n.handle(
-        t0,
-        Input::Request {
-            id: RequestId(1),
-            request: tag.clone(),
-            local: Local::Absent,
-        },
-    )
-    .unwrap();
+    ask(&mut n, t0, RequestId(1), &tag, Local::Absent);
     let out = drain(&mut n);
     let Output::Lookup { id, key, .. } = &out[0] else {
         panic!("{out:?}")

@@ -115,7 +115,10 @@ pub enum Input<P> {
         request: RequestId,
     },
     /// A relayed body broke (or was stopped by [`Output::Interrupt`]) after `written` bytes of
-    /// the body reached the client in total (across every fetch that fed it).
+    /// the body reached the client in total (across every fetch that fed it). The node answers
+    /// with [`Output::Continue`] (after a [`Output::Fetch`] that succeeds) or
+    /// [`Output::Abort`]; when `written` covers the whole body the response is complete, the
+    /// request ends and nothing follows (the pipe ends the response as for a finished body).
     PipeInterrupted {
         /// The request.
         request: RequestId,

@@ -29,6 +29,8 @@ use crate::store::ImageState;
 
 mod io;
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -135,6 +137,11 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
     /// Whether the content store is connected.
     pub fn store_connected(&self) -> bool {
         self.advertiser.store_connected()
+    }
+
+    /// Whether request `id` is still being decided (the store is asked, or it is mirrored).
+    pub fn is_active(&self, id: RequestId) -> bool {
+        self.stats.contains_key(&id) || self.mirror.has_request(id)
     }
 
     /// Whether `registry/repository[:tag]` is served and advertised.

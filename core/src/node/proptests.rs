@@ -13,17 +13,129 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::digest::Digest;
-use crate::mirror::{ContentRange, FetchFailure, FetchId, FetchResponse, LookupId};
+use crate::mirror::{ContentRange, FetchFailure, FetchId, FetchRange, FetchResponse, LookupId};
 use crate::request::{RegistryRequest, parse_request};
 use crate::store::StoreEvent;
 
 const SELF: u32 = 0;
 
-/// One step of the adapter: a fact, or time passing (and the timer firing).
+/// One step of the adapter: a fact (any, well-formed or not), a plausible answer to one of
+/// the commands still waiting for one (picked by the first number, shaped by the second), or
+/// time passing (and the timer firing).
 #[derive(Debug, Clone)]
 enum Step {
     In(Input<u32>),
+    Reply(u8, u8),
     Advance(u16),
+}
+
+/// Whether a command waits for an answer from the adapter.
+fn awaits_answer(o: &Output<u32>) -> bool {
+    matches!(
+        o,
+        Output::StatLocal { .. }
+            | Output::Lookup { .. }
+            | Output::Fetch { .. }
+            | Output::Serve { .. }
+            | Output::Continue { .. }
+            | Output::PollProgress { .. }
+            | Output::Interrupt { .. }
+    )
+}
+
+/// A plausible answer to `command` (shaped by `v`), and whether the command still waits for
+/// more answers after it.
+fn reply(command: &Output<u32>, v: u8) -> (Input<u32>, bool) {
+    // Nothing, or some bytes of the body.
+    let written = u64::from(v % 4) * 37;
+    match command {
+        Output::StatLocal { request, what } => {
+            let digest = match what {
+                StatTarget::Digest(d) => d.clone(),
+                StatTarget::Tag { .. } => Digest::sha256_of(b"k0"),
+            };
+            let local = match v % 4 {
+                0 => Local::Present {
+                    digest,
+                    size: u64::from(v) * 13,
+                },
+                1 => Local::Unknown,
+                _ => Local::Absent,
+            };
+            let request = *request;
+            (Input::LocalAnswered { request, local }, false)
+        }
+        Output::Lookup { id, .. } => match v % 4 {
+            3 => (Input::LookupFinished { lookup: *id }, false),
+            _ => {
+                let providers = vec![provider(1 + u32::from(v % 6))];
+                let lookup = *id;
+                (Input::Providers { lookup, providers }, true)
+            }
+        },
+        Output::Fetch {
+            id, path, range, ..
+        } => {
+            // The digest asked for, when the path names one.
+            let digest = path
+                .rsplit('/')
+                .next()
+                .and_then(|r| r.split('?').next())
+                .filter(|r| r.starts_with("sha256:"))
+                .map(str::to_owned);
+            let (status, content_range) = match *range {
+                FetchRange::Whole => (200, None),
+                FetchRange::FromTo { start, end } => (206, Some((start, end.min(1999)))),
+                FetchRange::From { start } => (206, Some((start, 1999))),
+                FetchRange::Suffix { len } => (206, Some((2000 - len.min(2000), 1999))),
+            };
+            match v % 4 {
+                0 => (Input::FetchConnected { fetch: *id }, true),
+                1 => {
+                    let why = FetchFailure::Connect("refused".into());
+                    (Input::FetchFailed { fetch: *id, why }, false)
+                }
+                _ => {
+                    let response = FetchResponse {
+                        status,
+                        digest,
+                        content_length: Some(match content_range {
+                            Some((a, b)) => b.saturating_sub(a) + 1,
+                            None => 2000,
+                        }),
+                        content_range: content_range.map(|(start, end)| ContentRange {
+                            start,
+                            end,
+                            size: 2000,
+                        }),
+                    };
+                    (
+                        Input::FetchResponded {
+                            fetch: *id,
+                            response,
+                        },
+                        false,
+                    )
+                }
+            }
+        }
+        Output::Serve { request, .. } | Output::Continue { request, .. } => match v % 3 {
+            0 => (Input::PipeFinished { request: *request }, false),
+            _ => {
+                let request = *request;
+                (Input::PipeInterrupted { request, written }, false)
+            }
+        },
+        Output::PollProgress { request } => {
+            let request = *request;
+            (Input::PipeProgress { request, written }, false)
+        }
+        Output::Interrupt { request } => {
+            let request = *request;
+            (Input::PipeInterrupted { request, written }, false)
+        }
+        _ => (Input::Store(StoreEvent::Disconnected), false),
+    }
 }
 
 fn content(
@@ -114,14 +226,20 @@ fn input() -> impl Strategy<Value = Input<u32>> {
         (
             0u8..12,
             prop_oneof![Just(200u16), Just(206), Just(404), Just(416), Just(500)],
-            any::<bool>(),
+            0u8..5,
             proptest::option::of((0u64..2000, 0u64..2000))
         )
-            .prop_map(|(f, status, good, range)| Input::FetchResponded {
+            .prop_map(|(f, status, digest, range)| Input::FetchResponded {
                 fetch: FetchId(f.into()),
                 response: FetchResponse {
                     status,
-                    digest: (!good).then(|| "sha256:bad".to_string()),
+                    // One of the requested digests, none, or a lie.
+                    digest: match digest {
+                        0..3 =>
+                            Some(Digest::sha256_of(format!("k{digest}").as_bytes()).to_string()),
+                        3 => None,
+                        _ => Some("sha256:bad".to_string()),
+                    },
                     content_length: Some(1000),
                     content_range: range.map(|(a, b)| ContentRange {
                         start: a.min(b),
@@ -150,8 +268,10 @@ fn input() -> impl Strategy<Value = Input<u32>> {
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => input().prop_map(Step::In),
-        1 => (0u16..4000).prop_map(Step::Advance),
+        3 => input().prop_map(Step::In),
+        4 => (any::<u8>(), any::<u8>()).prop_map(|(a, b)| Step::Reply(a, b)),
+        2 => (0u16..60).prop_map(Step::Advance),
+        1 => (0u16..12_000).prop_map(Step::Advance),
     ]
 }
 
@@ -163,6 +283,8 @@ struct Run {
     node: Node<u32>,
     now: Instant,
     open: BTreeSet<RequestId>,
+    /// Commands that wait for an answer, oldest first.
+    pending: Vec<Output<u32>>,
 }
 
 fn track(open: &mut BTreeSet<RequestId>, out: &Output<u32>) {
@@ -183,6 +305,9 @@ fn settle(run: &mut Run) -> Result<(), TestCaseError> {
         if let Output::Fetch { peer, .. } = o {
             prop_assert_ne!(*peer, SELF, "never fetched from itself");
         }
+        if awaits_answer(o) {
+            run.pending.push(o.clone());
+        }
     }
     run.trace.extend(out);
     Ok(())
@@ -197,33 +322,49 @@ fn run(seed: u64, steps: &[Step]) -> Result<Run, TestCaseError> {
         node: Node::new(cfg),
         now: t0,
         open: BTreeSet::new(),
+        pending: Vec::new(),
     };
     for s in steps {
-        match s.clone() {
-            Step::In(input) => {
-                let opens = match &input {
-                    Input::Request { id, .. } => Some(*id),
-                    _ => None,
-                };
-                let ends = match &input {
-                    Input::RequestClosed { request } | Input::PipeFinished { request } => {
-                        Some(*request)
-                    }
-                    _ => None,
-                };
-                let ok = run.node.handle(run.now, input).is_ok();
-                if ok {
-                    if let Some(id) = opens {
-                        run.open.insert(id);
-                    }
-                    if let Some(id) = ends {
-                        run.open.remove(&id);
-                    }
+        let input = match s.clone() {
+            Step::In(input) => Some(input),
+            Step::Reply(_, _) if run.pending.is_empty() => None,
+            Step::Reply(pick, v) => {
+                let i = usize::from(pick) % run.pending.len();
+                let (input, again) = reply(&run.pending[i], v);
+                if !again {
+                    run.pending.remove(i);
                 }
+                Some(input)
             }
             Step::Advance(d) => {
                 run.now += Duration::from_millis(d.into());
                 run.node.handle_timeout(run.now);
+                None
+            }
+        };
+        if let Some(input) = input {
+            let opens = match &input {
+                Input::Request { id, .. } => Some(*id),
+                _ => None,
+            };
+            let ends = match &input {
+                Input::RequestClosed { request } | Input::PipeFinished { request } => {
+                    Some(*request)
+                }
+                // A body reported broken after all of it was delivered is complete.
+                Input::PipeInterrupted { request, .. } => Some(*request),
+                _ => None,
+            };
+            let ok = run.node.handle(run.now, input).is_ok();
+            if ok {
+                if let Some(id) = opens {
+                    run.open.insert(id);
+                }
+                if let Some(id) = ends
+                    && !run.node.is_active(id)
+                {
+                    run.open.remove(&id);
+                }
             }
         }
         settle(&mut run)?;
@@ -233,6 +374,48 @@ fn run(seed: u64, steps: &[Step]) -> Result<Run, TestCaseError> {
         }
     }
     Ok(run)
+}
+
+/// The generator reaches the interesting states: bodies relayed, polled, interrupted and
+/// continued, and local answers served (a property test that never got there would prove
+/// little).
+#[test]
+fn the_generated_traces_reach_every_policy() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::{Config, TestRng, TestRunner};
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::deterministic_rng(Config::default().rng_algorithm),
+    );
+    let steps = proptest::collection::vec(step(), 40..80);
+    let mut seen = BTreeSet::new();
+    for _ in 0..400 {
+        let trace = steps.new_tree(&mut runner).unwrap().current();
+        let Ok(r) = run(1, &trace) else { continue };
+        for o in &r.trace {
+            seen.insert(match o {
+                Output::StatLocal { .. } => "stat",
+                Output::ServeLocal { .. } => "serve-local",
+                Output::Serve { .. } => "serve",
+                Output::PollProgress { .. } => "poll",
+                Output::Interrupt { .. } => "interrupt",
+                Output::Continue { .. } => "continue",
+                Output::Abort { .. } => "abort",
+                _ => "other",
+            });
+        }
+    }
+    for want in [
+        "stat",
+        "serve-local",
+        "serve",
+        "poll",
+        "interrupt",
+        "continue",
+        "abort",
+    ] {
+        assert!(seen.contains(want), "never saw {want}: {seen:?}");
+    }
 }
 
 proptest! {
@@ -247,9 +430,10 @@ proptest! {
         // With no more input, every request ends within the budgets: the store budget, the
         // mirror's budgets, and the stall watchdog for bodies being relayed.
         // (The store re-check is periodic and never ends.)
-        for _ in 0..100 {
+        for _ in 0..1000 {
+            let busy = !a.open.is_empty() || a.node.mirror().active_requests() > 0;
             match a.node.poll_timeout() {
-                Some((at, why)) if why != NodeTimeout::Recheck => {
+                Some((at, why)) if why != NodeTimeout::Recheck || busy => {
                     a.now = a.now.max(at);
                     a.node.handle_timeout(a.now);
                     settle(&mut a)?;

@@ -1,21 +1,23 @@
 //! The mirroring state machine: what to do with a request whose content is not on this node.
 //!
 //! For each such request the machine looks the key up (one shared DHT query per key, results
-//! cached for a few seconds), picks the least-used peer (ties broken by the seeded RNG), starts
-//! a fetch, hedges with further fetches at the observed p80/p85/p90 of time-to-first-byte, and
-//! gives up within its budgets so that containerd always gets a status it can fall back from.
-//! When the winning peer's body breaks mid-stream, it resumes from another peer with a `Range`
-//! that starts where the client's body stopped; when nobody can continue it aborts the
-//! connection rather than end a 200 with a short body.
+//! cached for a few seconds), picks the least-used peer (ties broken by the seeded RNG) and
+//! one of its registry addresses, starts a fetch, hedges with further fetches at the observed
+//! p80/p85/p90 of time-to-first-byte, and gives up within its budgets so that containerd
+//! always gets a status it can fall back from. When the winning peer's body breaks or stalls
+//! mid-stream, it resumes from another peer with a `Range` that starts where the client's body
+//! stopped; when nobody can continue it aborts the connection rather than end a 200 with a
+//! short body.
 //!
 //! Blob bytes never pass through here: [`Output::Serve`] and [`Output::Continue`] tell the
 //! adapter which fetch feeds which response, and the adapter reports back with
 //! [`Input::PipeFinished`] / [`Input::PipeInterrupted`].
 //!
-//! The machine is split by concern: [`ids`] and [`config`] and the facts it takes
-//! ([`facts`]) are data; `lookups` shares and caches DHT queries, `fetches` picks peers,
-//! hedges and judges answers, `requests` ends requests, `resume` continues broken bodies,
-//! [`timers`] holds every deadline and its reason; [`error`] is adapter misuse.
+//! The machine is split by concern: [`ids`], [`config`] and the facts it takes ([`facts`])
+//! are data; `lookups` shares and caches DHT queries, `fetches` picks peers, dials addresses,
+//! hedges and judges answers, `requests` ends requests, `resume` watches relayed bodies for
+//! stalls and continues broken ones, [`timers`] holds every deadline and its reason, and
+//! [`error`] is adapter misuse.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;

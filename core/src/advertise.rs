@@ -3,7 +3,7 @@
 //! Fed with [`StoreEvent`]s, it keeps the desired key set — for every image whose name is
 //! `registry/repository[:tag][@digest]` and that the filter allows, its tag key and the digest
 //! keys of every reachable blob that is present — and emits the difference to what is already
-//! announced as [`AdvertiseOutput::Advertise`] / [`AdvertiseOutput::Withdraw`] batches. A digest
+//! announced as [`Output::Advertise`] / [`Output::Withdraw`] batches. A digest
 //! shared by several images stays announced until no remaining image references it. It also
 //! asks for a full store re-check at a fixed interval, since garbage collection removes content
 //! without an event.
@@ -14,18 +14,8 @@ use std::time::{Duration, Instant};
 use crate::digest::Digest;
 use crate::filter::RegistryFilter;
 use crate::keys::Key;
+use crate::node::Output;
 use crate::store::{ImageState, StoreEvent};
-
-/// A command from the advertiser.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdvertiseOutput {
-    /// Announce these keys (sorted).
-    Advertise(Vec<Key>),
-    /// Stop announcing these keys (sorted).
-    Withdraw(Vec<Key>),
-    /// Read the whole store again and report it as a [`StoreEvent::Snapshot`].
-    RecheckStore,
-}
 
 /// An image name split into its parts: `registry/repository[:tag][@digest]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,9 +80,9 @@ struct RegistryKeys {
     contents: BTreeSet<Digest>,
 }
 
-/// The advertiser.
+/// The advertiser. `P` is only the peer type of the node's [`Output`] it writes.
 #[derive(Debug)]
-pub struct Advertiser {
+pub struct Advertiser<P> {
     filter: RegistryFilter,
     recheck_interval: Duration,
     images: BTreeMap<String, ImageState>,
@@ -100,10 +90,11 @@ pub struct Advertiser {
     counts: BTreeMap<String, AdvertisedCounts>,
     next_recheck: Option<Instant>,
     connected: bool,
-    outputs: VecDeque<AdvertiseOutput>,
+    /// Commands in the node's own type: the node moves them into its queue as they are.
+    outputs: VecDeque<Output<P>>,
 }
 
-impl Advertiser {
+impl<P> Advertiser<P> {
     /// An advertiser that asks for a full re-check every `recheck_interval` (60 s in production).
     pub fn new(filter: RegistryFilter, recheck_interval: Duration) -> Self {
         Advertiser {
@@ -139,7 +130,7 @@ impl Advertiser {
     }
 
     /// A fact about the store.
-    pub fn handle_store_event(&mut self, now: Instant, event: StoreEvent) {
+    pub(crate) fn handle_store_event(&mut self, now: Instant, event: StoreEvent) {
         match event {
             StoreEvent::Snapshot(images) => {
                 self.images = images.into_iter().map(|i| (i.name.clone(), i)).collect();
@@ -165,16 +156,16 @@ impl Advertiser {
     }
 
     /// Time passed. Early calls are harmless.
-    pub fn handle_timeout(&mut self, now: Instant) {
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
         if self.next_recheck.is_some_and(|at| at <= now) {
             self.next_recheck = Some(now + self.recheck_interval);
-            self.outputs.push_back(AdvertiseOutput::RecheckStore);
+            self.outputs.push_back(Output::RecheckStore);
         }
     }
 
-    /// The next command.
-    pub fn poll_output(&mut self) -> Option<AdvertiseOutput> {
-        self.outputs.pop_front()
+    /// Moves the commands decided so far to the end of `queue`.
+    pub(crate) fn take_outputs(&mut self, queue: &mut VecDeque<Output<P>>) {
+        queue.append(&mut self.outputs);
     }
 
     /// When the next re-check is due.
@@ -226,10 +217,10 @@ impl Advertiser {
         let add: Vec<Key> = desired.difference(&self.advertised).cloned().collect();
         let remove: Vec<Key> = self.advertised.difference(&desired).cloned().collect();
         if !remove.is_empty() {
-            self.outputs.push_back(AdvertiseOutput::Withdraw(remove));
+            self.outputs.push_back(Output::Withdraw(remove));
         }
         if !add.is_empty() {
-            self.outputs.push_back(AdvertiseOutput::Advertise(add));
+            self.outputs.push_back(Output::Advertise(add));
         }
         self.advertised = desired;
     }
@@ -255,8 +246,10 @@ mod tests {
         }
     }
 
-    fn drain(a: &mut Advertiser) -> Vec<AdvertiseOutput> {
-        std::iter::from_fn(|| a.poll_output()).collect()
+    fn drain(a: &mut Advertiser<u32>) -> Vec<Output<u32>> {
+        let mut q = VecDeque::new();
+        a.take_outputs(&mut q);
+        q.into()
     }
 
     #[test]
@@ -293,7 +286,7 @@ mod tests {
             StoreEvent::Snapshot(vec![small.clone(), by_digest, id_record]),
         );
         let out = drain(&mut a);
-        let AdvertiseOutput::Advertise(keys) = &out[0] else {
+        let Output::Advertise(keys) = &out[0] else {
             panic!("{out:?}")
         };
         assert_eq!(keys.len(), 5, "one tag + four digests: {keys:?}");
@@ -313,7 +306,7 @@ mod tests {
         );
         assert_eq!(
             drain(&mut a),
-            vec![AdvertiseOutput::Advertise(
+            vec![Output::Advertise(
                 [Key::digest(&d("idx2")), Key::tag("r.io", "a/other", "v2")]
                     .into_iter()
                     .collect::<BTreeSet<_>>()
@@ -330,9 +323,7 @@ mod tests {
         );
         assert_eq!(
             drain(&mut a),
-            vec![AdvertiseOutput::Withdraw(vec![Key::tag(
-                "r.io", "a/small", "v1"
-            )])]
+            vec![Output::Withdraw(vec![Key::tag("r.io", "a/small", "v1")])]
         );
         // The other image is deleted: its own index goes, the shared layer stays.
         a.handle_store_event(
@@ -342,7 +333,7 @@ mod tests {
             },
         );
         let out = drain(&mut a);
-        let AdvertiseOutput::Withdraw(keys) = &out[0] else {
+        let Output::Withdraw(keys) = &out[0] else {
             panic!("{out:?}")
         };
         assert!(keys.contains(&Key::digest(&d("idx2"))));
@@ -365,7 +356,7 @@ mod tests {
         let out = drain(&mut a);
         assert_eq!(
             out,
-            vec![AdvertiseOutput::Advertise(
+            vec![Output::Advertise(
                 [
                     Key::digest(&d("i1")),
                     Key::digest(&d("l1")),
@@ -381,7 +372,7 @@ mod tests {
         a.handle_timeout(t0 + Duration::from_secs(59));
         assert!(drain(&mut a).is_empty());
         a.handle_timeout(t0 + Duration::from_secs(60));
-        assert_eq!(drain(&mut a), vec![AdvertiseOutput::RecheckStore]);
+        assert_eq!(drain(&mut a), vec![Output::RecheckStore]);
         // GC removed the layer without an event; the re-check's snapshot withdraws it.
         a.handle_store_event(
             t0 + Duration::from_secs(61),
@@ -389,7 +380,7 @@ mod tests {
         );
         assert_eq!(
             drain(&mut a),
-            vec![AdvertiseOutput::Withdraw(vec![Key::digest(&d("l1"))])]
+            vec![Output::Withdraw(vec![Key::digest(&d("l1"))])]
         );
     }
 
@@ -402,7 +393,7 @@ mod tests {
         );
         assert_eq!(
             drain(&mut a),
-            vec![AdvertiseOutput::Advertise(vec![Key::digest(&d("l1"))])]
+            vec![Output::Advertise(vec![Key::digest(&d("l1"))])]
         );
         assert!(a.store_connected());
         assert_eq!(a.counts()["r.io"].image_tags, 0);

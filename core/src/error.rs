@@ -96,21 +96,27 @@ pub enum FailReason {
     NoPeer,
     /// Peers announced it, but every attempt to fetch from them failed.
     AllAttemptsFailed,
+    /// The client's range lies outside the content (416).
+    RangeNotSatisfiable,
+    /// The content is larger than its kind may be (a manifest over 4 MiB).
+    TooLarge,
 }
 
 impl FailReason {
     /// Every reason, in label order.
-    pub const ALL: [FailReason; 6] = [
+    pub const ALL: [FailReason; 8] = [
         FailReason::NotMirrored,
         FailReason::Filtered,
         FailReason::NotPresent,
         FailReason::StoreUnavailable,
         FailReason::NoPeer,
         FailReason::AllAttemptsFailed,
+        FailReason::RangeNotSatisfiable,
+        FailReason::TooLarge,
     ];
 
     /// The metric label value (`not_mirrored`, `filtered`, `not_present`, `store_unavailable`,
-    /// `no_peer`, `all_attempts_failed`).
+    /// `no_peer`, `all_attempts_failed`, `range_not_satisfiable`, `too_large`).
     pub fn as_str(self) -> &'static str {
         match self {
             FailReason::NotMirrored => "not_mirrored",
@@ -119,6 +125,8 @@ impl FailReason {
             FailReason::StoreUnavailable => "store_unavailable",
             FailReason::NoPeer => "no_peer",
             FailReason::AllAttemptsFailed => "all_attempts_failed",
+            FailReason::RangeNotSatisfiable => "range_not_satisfiable",
+            FailReason::TooLarge => "too_large",
         }
     }
 }

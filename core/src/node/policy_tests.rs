@@ -1,0 +1,846 @@
+//! The policies the adapters used to hold, on simulated time: the peer address, the range a
+//! fetch sends, local ranges (and 416), the store budget and the stall watchdog.
+
+// A test picks any origin for its simulated time.
+#![allow(clippy::disallowed_methods)]
+
+use std::net::SocketAddr;
+
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::*;
+use crate::digest::Digest;
+use crate::error::ErrorCode;
+use crate::mirror::{ContentRange, FetchFailure, FetchId, FetchRange, FetchResponse, LookupId};
+use crate::range::ResolvedRange;
+use crate::request::{RegistryRequest, parse_request};
+
+const SELF: u32 = 0;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn addr(peer: u8, port: u16) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, peer], port))
+}
+
+fn blob() -> Digest {
+    Digest::sha256_of(b"layer")
+}
+
+fn request(method: Method, path: &str, range: Option<&str>, mirrored: bool) -> ContentRequest {
+    let mut headers = HeaderMap::new();
+    if let Some(r) = range {
+        headers.insert(http::header::RANGE, HeaderValue::from_str(r).unwrap());
+    }
+    if mirrored {
+        headers.insert("x-spegel-mirrored", HeaderValue::from_static("true"));
+    }
+    match parse_request(&method, path, &headers).unwrap() {
+        RegistryRequest::Content(c) => c,
+        other => panic!("not content: {other:?}"),
+    }
+}
+
+fn blob_request(range: Option<&str>) -> ContentRequest {
+    let path = format!("/v2/x/blobs/{}?ns=127.0.0.1%3A5000", blob());
+    request(Method::GET, &path, range, false)
+}
+
+fn drain(n: &mut Node<u32>) -> Vec<Output<u32>> {
+    std::iter::from_fn(|| n.poll_output()).collect()
+}
+
+fn node() -> Node<u32> {
+    Node::new(NodeConfig::new(SELF))
+}
+
+/// A request the store does not hold: the node asks the store, then looks it up.
+fn mirrored(n: &mut Node<u32>, now: Instant, id: u64, req: ContentRequest) -> LookupId {
+    let rid = RequestId(id);
+    n.handle(
+        now,
+        Input::Request {
+            id: rid,
+            request: req,
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        drain(n).as_slice(),
+        [Output::StatLocal { request, .. }] if *request == rid
+    ));
+    n.handle(
+        now,
+        Input::LocalAnswered {
+            request: rid,
+            local: Local::Absent,
+        },
+    )
+    .unwrap();
+    let out = drain(n);
+    match out.as_slice() {
+        [Output::Lookup { id, .. }] => *id,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A fetch command, as (id, peer, addr, method, path, range).
+type Started = (FetchId, u32, SocketAddr, Method, String, FetchRange);
+
+fn fetches(out: &[Output<u32>]) -> Vec<Started> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Fetch {
+                id,
+                peer,
+                addr,
+                method,
+                path,
+                range,
+                ..
+            } => Some((*id, *peer, *addr, method.clone(), path.clone(), *range)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn ok_200(len: u64) -> FetchResponse {
+    FetchResponse {
+        status: 200,
+        digest: Some(blob().to_string()),
+        content_length: Some(len),
+        content_range: None,
+    }
+}
+
+// ---- the peer's address ----
+
+#[test]
+fn a_peer_is_dialled_at_its_addresses_in_order() {
+    let t0 = Instant::now();
+    let mut n = node();
+    let lookup = mirrored(&mut n, t0, 1, blob_request(None));
+    let providers = vec![(7, vec![addr(7, 5000), addr(7, 5001)])];
+    n.handle(t0, Input::Providers { lookup, providers })
+        .unwrap();
+    n.handle(t0, Input::LookupFinished { lookup }).unwrap();
+    let f = fetches(&drain(&mut n));
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].1, f[0].2), (7, addr(7, 5000)));
+    // The first address refuses: the same peer, at its next address.
+    let why = FetchFailure::Connect("refused".into());
+    n.handle(t0 + ms(1), Input::FetchFailed { fetch: f[0].0, why })
+        .unwrap();
+    let g = fetches(&drain(&mut n));
+    assert_eq!(g.len(), 1);
+    assert_eq!((g[0].1, g[0].2), (7, addr(7, 5001)));
+    // That one does not connect within the dial budget: nothing is left, the request ends.
+    assert_eq!(
+        n.poll_timeout(),
+        Some((t0 + ms(201), NodeTimeout::Mirror(TimeoutReason::Dial)))
+    );
+    n.handle_timeout(t0 + ms(201));
+    let out = drain(&mut n);
+    assert!(out.contains(&Output::CancelFetch { id: g[0].0 }), "{out:?}");
+    let fail = out.iter().find_map(|o| match o {
+        Output::Fail { error, reason, .. } => Some((error.message.clone(), *reason)),
+        _ => None,
+    });
+    let key = Key::digest(&blob());
+    assert_eq!(
+        fail,
+        Some((
+            format!("all 2 attempts failed for {key}"),
+            crate::FailReason::AllAttemptsFailed
+        ))
+    );
+}
+
+#[test]
+fn a_fresh_peer_comes_before_a_second_address() {
+    let t0 = Instant::now();
+    let mut n = node();
+    let lookup = mirrored(&mut n, t0, 1, blob_request(None));
+    let providers = vec![
+        (1, vec![addr(1, 5000), addr(1, 5001)]),
+        (2, vec![addr(2, 5000), addr(2, 5001)]),
+    ];
+    n.handle(t0, Input::Providers { lookup, providers })
+        .unwrap();
+    let first = fetches(&drain(&mut n));
+    let why = || FetchFailure::Connect("refused".into());
+    n.handle(
+        t0,
+        Input::FetchFailed {
+            fetch: first[0].0,
+            why: why(),
+        },
+    )
+    .unwrap();
+    let second = fetches(&drain(&mut n));
+    assert_ne!(second[0].1, first[0].1, "the other peer first");
+    assert_eq!(second[0].2.port(), 5000);
+    n.handle(
+        t0,
+        Input::FetchFailed {
+            fetch: second[0].0,
+            why: why(),
+        },
+    )
+    .unwrap();
+    let third = fetches(&drain(&mut n));
+    assert_eq!(third[0].2.port(), 5001, "then second addresses");
+}
+
+#[test]
+fn a_peer_that_answered_or_broke_is_not_asked_again() {
+    let t0 = Instant::now();
+    let mut n = node();
+    let lookup = mirrored(&mut n, t0, 1, blob_request(None));
+    let providers = vec![(1, vec![addr(1, 5000), addr(1, 5001)])];
+    n.handle(t0, Input::Providers { lookup, providers })
+        .unwrap();
+    n.handle(t0, Input::LookupFinished { lookup }).unwrap();
+    let f = fetches(&drain(&mut n));
+    n.handle(t0, Input::FetchConnected { fetch: f[0].0 })
+        .unwrap();
+    let why = FetchFailure::Broken("reset".into());
+    n.handle(t0, Input::FetchFailed { fetch: f[0].0, why })
+        .unwrap();
+    let out = drain(&mut n);
+    assert!(fetches(&out).is_empty(), "{out:?}");
+    assert!(matches!(out.as_slice(), [Output::Fail { .. }]), "{out:?}");
+}
+
+#[test]
+fn providers_without_addresses_are_ignored_and_new_addresses_are_merged() {
+    let t0 = Instant::now();
+    let mut n = node();
+    let lookup = mirrored(&mut n, t0, 1, blob_request(None));
+    n.handle(
+        t0,
+        Input::Providers {
+            lookup,
+            providers: vec![(1, vec![]), (SELF, vec![addr(0, 5000)])],
+        },
+    )
+    .unwrap();
+    assert!(drain(&mut n).is_empty(), "nobody to dial");
+    // Peer 1 reported again, now with an address (twice): dialled once, there.
+    n.handle(
+        t0,
+        Input::Providers {
+            lookup,
+            providers: vec![(1, vec![addr(1, 5000), addr(1, 5000)])],
+        },
+    )
+    .unwrap();
+    let f = fetches(&drain(&mut n));
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].1, f[0].2), (1, addr(1, 5000)));
+    let why = FetchFailure::Connect("refused".into());
+    n.handle(t0, Input::FetchFailed { fetch: f[0].0, why })
+        .unwrap();
+    n.handle(t0, Input::LookupFinished { lookup }).unwrap();
+    let out = drain(&mut n);
+    assert!(
+        fetches(&out).is_empty(),
+        "the duplicate was merged: {out:?}"
+    );
+}
+
+// ---- the range a fetch sends ----
+
+fn first_fetch(req: ContentRequest) -> Started {
+    let t0 = Instant::now();
+    let mut n = node();
+    let lookup = mirrored(&mut n, t0, 1, req);
+    let providers = vec![(1, vec![addr(1, 5000)])];
+    n.handle(t0, Input::Providers { lookup, providers })
+        .unwrap();
+    fetches(&drain(&mut n)).remove(0)
+}
+
+#[test]
+fn fetches_name_method_path_and_the_exact_range() {
+    let path = format!("/v2/x/blobs/{}?ns=127.0.0.1%3A5000", blob());
+    let f = first_fetch(blob_request(None));
+    assert_eq!(
+        (f.3, f.4.as_str(), f.5),
+        (Method::GET, path.as_str(), FetchRange::Whole)
+    );
+    assert_eq!(f.5.header_value(), None);
+
+    let f = first_fetch(blob_request(Some("bytes=100-199")));
+    assert_eq!(
+        f.5,
+        FetchRange::FromTo {
+            start: 100,
+            end: 199
+        }
+    );
+    assert_eq!(f.5.header_value().as_deref(), Some("bytes=100-199"));
+
+    let f = first_fetch(blob_request(Some("bytes=5-")));
+    assert_eq!(f.5, FetchRange::From { start: 5 });
+    assert_eq!(f.5.header_value().as_deref(), Some("bytes=5-"));
+
+    let f = first_fetch(blob_request(Some("bytes=-10")));
+    assert_eq!(f.5, FetchRange::Suffix { len: 10 });
+    assert_eq!(f.5.header_value().as_deref(), Some("bytes=-10"));
+
+    let head = request(
+        Method::HEAD,
+        "/v2/x/manifests/v1?ns=127.0.0.1%3A5000",
+        None,
+        false,
+    );
+    let f = first_fetch(head);
+    assert_eq!(f.3, Method::HEAD);
+    assert_eq!(f.4, "/v2/x/manifests/v1?ns=127.0.0.1%3A5000");
+    assert_eq!(f.5, FetchRange::Whole);
+}
+
+/// A blob relayed from a peer: (node, request, serving fetch, time the body started).
+fn serving(client_range: Option<&str>, resp: FetchResponse) -> (Node<u32>, FetchId, Instant) {
+    let t0 = Instant::now();
+    let mut n = node();
+    let lookup = mirrored(&mut n, t0, 1, blob_request(client_range));
+    let providers = vec![
+        (1, vec![addr(1, 5000)]),
+        (2, vec![addr(2, 5000)]),
+        (3, vec![addr(3, 5000)]),
+    ];
+    // The lookup stays open (no cache expiry timer to step over).
+    n.handle(t0, Input::Providers { lookup, providers })
+        .unwrap();
+    let f = fetches(&drain(&mut n))[0].0;
+    n.handle(t0, Input::FetchConnected { fetch: f }).unwrap();
+    n.handle(
+        t0 + ms(2),
+        Input::FetchResponded {
+            fetch: f,
+            response: resp,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![Output::Serve {
+            request: RequestId(1),
+            fetch: f
+        }]
+    );
+    (n, f, t0 + ms(2))
+}
+
+#[test]
+fn a_resumed_fetch_asks_for_the_rest_from_where_the_client_stopped() {
+    let (mut n, first, t) = serving(None, ok_200(1000));
+    let r = RequestId(1);
+    n.handle(
+        t,
+        Input::PipeInterrupted {
+            request: r,
+            written: 400,
+        },
+    )
+    .unwrap();
+    let f = fetches(&drain(&mut n));
+    assert_eq!(f.len(), 1);
+    assert_ne!(f[0].0, first);
+    assert_eq!(
+        f[0].5,
+        FetchRange::FromTo {
+            start: 400,
+            end: 999
+        }
+    );
+    assert_eq!(f[0].5.header_value().as_deref(), Some("bytes=400-999"));
+
+    // A client range: the resume keeps its end and starts after what was written.
+    let part = FetchResponse {
+        status: 206,
+        digest: Some(blob().to_string()),
+        content_length: Some(51),
+        content_range: Some(ContentRange {
+            start: 50,
+            end: 100,
+            size: 1000,
+        }),
+    };
+    let (mut n, _, t) = serving(Some("bytes=50-100"), part);
+    n.handle(
+        t,
+        Input::PipeInterrupted {
+            request: r,
+            written: 20,
+        },
+    )
+    .unwrap();
+    let f = fetches(&drain(&mut n));
+    assert_eq!(
+        f[0].5,
+        FetchRange::FromTo {
+            start: 70,
+            end: 100
+        }
+    );
+}
+
+// ---- local answers ----
+
+fn local_answer(req: ContentRequest, size: u64) -> Vec<Output<u32>> {
+    let t0 = Instant::now();
+    let mut n = node();
+    n.handle(
+        t0,
+        Input::Request {
+            id: RequestId(1),
+            request: req,
+        },
+    )
+    .unwrap();
+    drain(&mut n);
+    let local = Local::Present {
+        digest: blob(),
+        size,
+    };
+    n.handle(
+        t0,
+        Input::LocalAnswered {
+            request: RequestId(1),
+            local,
+        },
+    )
+    .unwrap();
+    drain(&mut n)
+}
+
+#[test]
+fn local_content_is_served_with_its_size_and_resolved_range() {
+    let serve = |range| {
+        vec![Output::ServeLocal {
+            request: RequestId(1),
+            digest: blob(),
+            size: 1000,
+            range,
+            head: false,
+        }]
+    };
+    assert_eq!(local_answer(blob_request(None), 1000), serve(None));
+    assert_eq!(
+        local_answer(blob_request(Some("bytes=10-2000")), 1000),
+        serve(Some(ResolvedRange {
+            start: 10,
+            end: 999
+        }))
+    );
+    assert_eq!(
+        local_answer(blob_request(Some("bytes=-100")), 1000),
+        serve(Some(ResolvedRange {
+            start: 900,
+            end: 999
+        }))
+    );
+    // HEAD of a manifest: no range, headers only.
+    let head = request(
+        Method::HEAD,
+        "/v2/x/manifests/v1?ns=127.0.0.1%3A5000",
+        None,
+        true,
+    );
+    assert_eq!(
+        local_answer(head, 500),
+        vec![Output::ServeLocal {
+            request: RequestId(1),
+            digest: blob(),
+            size: 500,
+            range: None,
+            head: true,
+        }]
+    );
+}
+
+#[test]
+fn a_local_range_outside_the_blob_is_a_416() {
+    let out = local_answer(blob_request(Some("bytes=1000-")), 1000);
+    let [Output::Fail { error, reason, .. }] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(error.status.as_u16(), 416);
+    assert_eq!(error.code, ErrorCode::RangeInvalid);
+    assert_eq!(*reason, crate::FailReason::RangeNotSatisfiable);
+    assert_eq!(
+        error.extra_headers()[0].1,
+        HeaderValue::from_static("bytes */1000")
+    );
+}
+
+#[test]
+fn a_local_manifest_over_4_mib_is_refused() {
+    let m = request(
+        Method::GET,
+        "/v2/x/manifests/v1?ns=127.0.0.1%3A5000",
+        None,
+        false,
+    );
+    let out = local_answer(m, 4 * 1024 * 1024 + 1);
+    let [Output::Fail { error, reason, .. }] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(error.code, ErrorCode::ManifestUnknown);
+    assert_eq!(*reason, crate::FailReason::TooLarge);
+}
+
+// ---- the store budget ----
+
+#[test]
+fn the_store_is_asked_about_tags_and_digests() {
+    let t0 = Instant::now();
+    let mut n = node();
+    let tag = request(
+        Method::GET,
+        "/v2/test/small/manifests/v1?ns=127.0.0.1%3A5000",
+        None,
+        false,
+    );
+    n.handle(
+        t0,
+        Input::Request {
+            id: RequestId(1),
+            request: tag,
+        },
+    )
+    .unwrap();
+    n.handle(
+        t0,
+        Input::Request {
+            id: RequestId(2),
+            request: blob_request(None),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![
+            Output::StatLocal {
+                request: RequestId(1),
+                what: StatTarget::Tag {
+                    image: "127.0.0.1:5000/test/small:v1".into()
+                },
+            },
+            Output::StatLocal {
+                request: RequestId(2),
+                what: StatTarget::Digest(blob()),
+            },
+        ]
+    );
+    // The id is taken while the store is asked.
+    assert_eq!(
+        n.handle(
+            t0,
+            Input::Request {
+                id: RequestId(2),
+                request: blob_request(None),
+            },
+        ),
+        Err(MirrorError::DuplicateRequest(RequestId(2)))
+    );
+    // A client that leaves while the store is asked: nothing more for it, no timer.
+    n.handle(
+        t0,
+        Input::RequestClosed {
+            request: RequestId(1),
+        },
+    )
+    .unwrap();
+    n.handle(
+        t0,
+        Input::RequestClosed {
+            request: RequestId(2),
+        },
+    )
+    .unwrap();
+    assert!(drain(&mut n).is_empty());
+    assert_eq!(n.poll_timeout(), None);
+}
+
+#[test]
+fn a_store_that_does_not_answer_in_time_counts_as_unknown() {
+    let t0 = Instant::now();
+    let mut n = node();
+    n.handle(
+        t0,
+        Input::Request {
+            id: RequestId(1),
+            request: blob_request(None),
+        },
+    )
+    .unwrap();
+    let peer = format!("/v2/x/blobs/{}", blob());
+    n.handle(
+        t0 + ms(10),
+        Input::Request {
+            id: RequestId(2),
+            request: request(Method::GET, &peer, None, true),
+        },
+    )
+    .unwrap();
+    drain(&mut n);
+    assert_eq!(
+        n.poll_timeout(),
+        Some((t0 + ms(3000), NodeTimeout::StoreAnswer))
+    );
+    n.handle_timeout(t0 + ms(2999));
+    assert!(drain(&mut n).is_empty(), "early timeouts are harmless");
+    // The own client's request is mirrored.
+    n.handle_timeout(t0 + ms(3000));
+    let out = drain(&mut n);
+    assert!(matches!(out.as_slice(), [Output::Lookup { .. }]), "{out:?}");
+    // The peer's gets a 503.
+    assert_eq!(
+        n.poll_timeout().map(|(t, _)| t),
+        Some(t0 + ms(3010)),
+        "the second store budget"
+    );
+    n.handle_timeout(t0 + ms(3010));
+    let out = drain(&mut n);
+    let [Output::Fail { error, reason, .. }] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(error.status.as_u16(), 503);
+    assert_eq!(*reason, crate::FailReason::StoreUnavailable);
+    // The store's late answer is a stale report: an error, and nothing changes.
+    let late = Input::LocalAnswered {
+        request: RequestId(1),
+        local: Local::Present {
+            digest: blob(),
+            size: 1,
+        },
+    };
+    assert_eq!(
+        n.handle(t0 + ms(3100), late),
+        Err(MirrorError::UnknownRequest(RequestId(1)))
+    );
+    assert!(drain(&mut n).is_empty());
+    assert_eq!(n.mirror().active_requests(), 1);
+}
+
+// ---- the stall watchdog ----
+
+#[test]
+fn a_body_that_keeps_moving_is_never_interrupted() {
+    let (mut n, _, t) = serving(None, ok_200(1_000_000));
+    let r = RequestId(1);
+    let mut now = t;
+    for i in 1..=10u64 {
+        let (at, why) = n.poll_timeout().unwrap();
+        assert_eq!(
+            (at, why),
+            (now + ms(5000), NodeTimeout::Mirror(TimeoutReason::Stall))
+        );
+        now = at;
+        n.handle_timeout(now);
+        assert_eq!(drain(&mut n), vec![Output::PollProgress { request: r }]);
+        assert_eq!(
+            n.poll_timeout(),
+            Some((
+                now + ms(5000),
+                NodeTimeout::Mirror(TimeoutReason::ProgressAnswer)
+            ))
+        );
+        // One byte per period is enough by default.
+        n.handle(
+            now,
+            Input::PipeProgress {
+                request: r,
+                written: i,
+            },
+        )
+        .unwrap();
+        assert!(drain(&mut n).is_empty());
+    }
+    n.handle(now, Input::PipeFinished { request: r }).unwrap();
+    assert_eq!(n.poll_timeout(), None);
+}
+
+#[test]
+fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
+    let (mut n, first, t) = serving(None, ok_200(1000));
+    let r = RequestId(1);
+    n.handle_timeout(t + ms(5000));
+    assert_eq!(drain(&mut n), vec![Output::PollProgress { request: r }]);
+    n.handle(
+        t + ms(5000),
+        Input::PipeProgress {
+            request: r,
+            written: 300,
+        },
+    )
+    .unwrap();
+    assert!(drain(&mut n).is_empty());
+    n.handle_timeout(t + ms(10_000));
+    assert_eq!(drain(&mut n), vec![Output::PollProgress { request: r }]);
+    // No byte since the last poll: the peer's body is stopped.
+    n.handle(
+        t + ms(10_000),
+        Input::PipeProgress {
+            request: r,
+            written: 300,
+        },
+    )
+    .unwrap();
+    assert_eq!(drain(&mut n), vec![Output::Interrupt { request: r }]);
+    assert_eq!(
+        n.poll_timeout(),
+        Some((
+            t + ms(15_000),
+            NodeTimeout::Mirror(TimeoutReason::InterruptAnswer)
+        ))
+    );
+    // The pipe reports how far it got (one more byte got through): resumed from there, from
+    // another peer.
+    n.handle(
+        t + ms(10_001),
+        Input::PipeInterrupted {
+            request: r,
+            written: 301,
+        },
+    )
+    .unwrap();
+    let f = fetches(&drain(&mut n));
+    assert_eq!(f.len(), 1);
+    assert_ne!(f[0].0, first);
+    assert_eq!(
+        f[0].5,
+        FetchRange::FromTo {
+            start: 301,
+            end: 999
+        }
+    );
+    // The continuation is watched from the bytes already written.
+    n.handle(t + ms(10_002), Input::FetchConnected { fetch: f[0].0 })
+        .unwrap();
+    let rest = FetchResponse {
+        status: 206,
+        digest: Some(blob().to_string()),
+        content_length: Some(699),
+        content_range: Some(ContentRange {
+            start: 301,
+            end: 999,
+            size: 1000,
+        }),
+    };
+    n.handle(
+        t + ms(10_003),
+        Input::FetchResponded {
+            fetch: f[0].0,
+            response: rest,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![Output::Continue {
+            request: r,
+            fetch: f[0].0
+        }]
+    );
+    n.handle_timeout(t + ms(15_003));
+    assert_eq!(drain(&mut n), vec![Output::PollProgress { request: r }]);
+    n.handle(
+        t + ms(15_003),
+        Input::PipeProgress {
+            request: r,
+            written: 301,
+        },
+    )
+    .unwrap();
+    assert_eq!(drain(&mut n), vec![Output::Interrupt { request: r }]);
+}
+
+#[test]
+fn an_unanswered_poll_interrupts_and_an_unreported_interrupt_aborts() {
+    let (mut n, _, t) = serving(None, ok_200(1000));
+    let r = RequestId(1);
+    n.handle_timeout(t + ms(5000));
+    assert_eq!(drain(&mut n), vec![Output::PollProgress { request: r }]);
+    n.handle_timeout(t + ms(10_000));
+    assert_eq!(drain(&mut n), vec![Output::Interrupt { request: r }]);
+    // A late answer to the poll is a stale report.
+    assert_eq!(
+        n.handle(
+            t + ms(10_001),
+            Input::PipeProgress {
+                request: r,
+                written: 10
+            }
+        ),
+        Err(MirrorError::UnexpectedReport(r))
+    );
+    n.handle_timeout(t + ms(15_000));
+    let out = drain(&mut n);
+    assert_eq!(out[0], Output::Abort { request: r }, "{out:?}");
+    assert!(matches!(out[1..], [Output::CancelLookup { .. }]), "{out:?}");
+    assert_eq!(n.mirror().active_requests(), 0);
+    assert_eq!(n.poll_timeout(), None);
+}
+
+#[test]
+fn the_minimum_progress_is_a_budget() {
+    let t0 = Instant::now();
+    let mut cfg = NodeConfig::new(SELF);
+    cfg.mirror.min_progress = 1000;
+    let mut n = Node::new(cfg);
+    let lookup = mirrored(&mut n, t0, 1, blob_request(None));
+    let providers = vec![(1, vec![addr(1, 5000)]), (2, vec![addr(2, 5000)])];
+    n.handle(t0, Input::Providers { lookup, providers })
+        .unwrap();
+    let f = fetches(&drain(&mut n))[0].0;
+    n.handle(
+        t0,
+        Input::FetchResponded {
+            fetch: f,
+            response: ok_200(1_000_000),
+        },
+    )
+    .unwrap();
+    drain(&mut n);
+    let r = RequestId(1);
+    // Unsolicited progress is misuse.
+    assert_eq!(
+        n.handle(
+            t0,
+            Input::PipeProgress {
+                request: r,
+                written: 1
+            }
+        ),
+        Err(MirrorError::UnexpectedReport(r))
+    );
+    n.handle_timeout(t0 + ms(5000));
+    drain(&mut n);
+    n.handle(
+        t0 + ms(5000),
+        Input::PipeProgress {
+            request: r,
+            written: 1000,
+        },
+    )
+    .unwrap();
+    assert!(drain(&mut n).is_empty(), "1000 bytes per period: moving");
+    n.handle_timeout(t0 + ms(10_000));
+    drain(&mut n);
+    n.handle(
+        t0 + ms(10_000),
+        Input::PipeProgress {
+            request: r,
+            written: 1999,
+        },
+    )
+    .unwrap();
+    assert_eq!(drain(&mut n), vec![Output::Interrupt { request: r }]);
+}

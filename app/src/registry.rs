@@ -21,11 +21,12 @@ use speil_core::mirror::MirrorConfig;
 use speil_core::node::{Node, NodeConfig};
 use speil_core::store::ImageState;
 use speil_core::{Digest, Key};
-use speil_driver::Runtime;
-use speil_http::driver::{self, DriverConfig, Parts};
-use speil_http::metrics::Metrics;
+use speil_driver::metrics::Metrics;
+use speil_driver::{
+    BlobBody, ContentStore, DriverConfig, Parts, Provider, Router, Runtime, SourceError,
+};
+use speil_http::HyperPeers;
 use speil_http::server::{RegistryService, ServerConfig};
-use speil_http::source::{BlobBody, ContentSource, Provider, Router, SourceError};
 use speil_p2p::bootstrap::{
     Bootstrap, DnsBootstrap, HttpBootstrap, StaticBootstrap, SystemResolver,
 };
@@ -274,7 +275,7 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         speil_core::backoff::Backoff::containerd_reconnect(seed_of(&peer_id)),
     );
     let mut config = NodeConfig::new(peer_id);
-    let source: Arc<dyn ContentSource> = Arc::new(ContainerdSource {
+    let source: Arc<dyn ContentStore> = Arc::new(ContainerdSource {
         client: ctd,
         timeout: config.store_timeout,
         rt: rt.clone(),
@@ -293,17 +294,18 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
     let metrics = Arc::new(Metrics::new(registry));
     let server_config = ServerConfig::from_auth_dir(BASIC_AUTH_DIR)
         .map_err(|e| failure(format!("{BASIC_AUTH_DIR}: {e}")))?;
-    let (driver_handle, driver) = driver::start(Parts {
+    let (driver_handle, driver) = speil_driver::node::start(Parts {
         node: Node::new(config),
         runtime: rt.clone(),
-        source: source.clone(),
+        store: source.clone(),
         router,
+        client: Arc::new(HyperPeers::new(
+            rt.clone(),
+            server_config.credentials.clone(),
+        )),
         store_events: store_events.boxed(),
         metrics,
-        config: DriverConfig {
-            registry_port,
-            credentials: server_config.credentials.clone(),
-        },
+        config: DriverConfig { registry_port },
     });
     rt.spawn(driver);
     let credentials = server_config.credentials.clone();
@@ -501,7 +503,7 @@ fn source_error(e: speil_containerd::Error) -> Result<(), SourceError> {
     }
 }
 
-impl<R: Runtime> ContentSource for ContainerdSource<R> {
+impl<R: Runtime> ContentStore for ContainerdSource<R> {
     fn resolve_tag<'a>(
         &'a self,
         image: &'a str,

@@ -13,10 +13,18 @@
 //! driver takes time only from it, so the same loop runs on all three.
 
 pub mod io;
+pub mod metrics;
+pub mod node;
+pub mod ports;
 pub mod runtime;
 #[cfg(feature = "smol")]
 pub mod smol;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 
+pub use node::{
+    Decision, DriverConfig, DriverHandle, ImageSummary, Parts, PipeControl, PipeEvent, PipeReporter,
+    Relay, Shared,
+};
+pub use ports::{BlobBody, ContentStore, PeerClient, PeerRequest, Provider, Router, SourceError};
 pub use runtime::{Runtime, RuntimeExt, Timer};

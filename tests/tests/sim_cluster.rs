@@ -4,17 +4,25 @@
 //! be checked exactly and in milliseconds. Real components are exercised by the end-to-end tests.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue, Method};
 use speil_core::Digest;
 use speil_core::Key;
-use speil_core::mirror::{ContentRange, FetchFailure, FetchId, FetchResponse, RequestId};
-use speil_core::node::{Local, Node, NodeConfig, Output};
+use speil_core::mirror::{
+    ContentRange, FetchFailure, FetchId, FetchRange, FetchResponse, RequestId,
+};
+use speil_core::node::{Input, Local, Node, NodeConfig, Output, StatTarget};
 use speil_core::request::{ContentRequest, RegistryRequest, parse_request};
 use speil_core::store::{ImageState, StoreEvent};
 
 const MS: Duration = Duration::from_millis(1);
+
+/// Peer `p`'s registry (TEST-NET-1: never dialled, the links are simulated).
+fn registry(p: u32) -> SocketAddr {
+    SocketAddr::from(([192, 0, 2, p as u8], 5000))
+}
 
 /// How a simulated peer's registry behaves.
 #[derive(Debug, Clone)]
@@ -29,6 +37,8 @@ struct Link {
     break_after: Option<u64>,
     /// Answers with another digest.
     lies: bool,
+    /// The body stops (without closing) after this many bytes of any response.
+    stall_after: Option<u64>,
 }
 
 impl Default for Link {
@@ -39,6 +49,7 @@ impl Default for Link {
             bytes_per_ms: 1000,
             break_after: None,
             lies: false,
+            stall_after: None,
         }
     }
 }
@@ -95,11 +106,14 @@ enum Outcome {
 
 struct Fetching {
     peer: u32,
+    request: RequestId,
     range: Option<(u64, u64)>,
 }
 
 struct ClientReq {
     digest: Digest,
+    /// The body being piped: when it started, at how many bytes per ms, and how long it is.
+    piping: Option<(Duration, u64, u64)>,
     /// Bytes the client received, as (blob offset, length) runs.
     runs: Vec<(u64, u64)>,
     written: u64,
@@ -181,7 +195,8 @@ impl Sim {
         self.nodes
             .get_mut(&node)
             .unwrap()
-            .handle_store_event(at, StoreEvent::Snapshot(images));
+            .handle(at, Input::Store(StoreEvent::Snapshot(images)))
+            .unwrap();
         self.after(node);
         digest
     }
@@ -203,15 +218,11 @@ impl Sim {
     }
 
     fn submit(&mut self, node: u32, id: RequestId, req: &ContentRequest, digest: &Digest) {
-        let local = if self.holds.get(&node).is_some_and(|h| h.contains(digest)) {
-            Local::Present
-        } else {
-            Local::Absent
-        };
         self.clients.insert(
             (node, id),
             ClientReq {
                 digest: digest.clone(),
+                piping: None,
                 runs: Vec::new(),
                 written: 0,
                 base: 0,
@@ -222,7 +233,13 @@ impl Sim {
         self.nodes
             .get_mut(&node)
             .unwrap()
-            .handle_request(at, id, req, local)
+            .handle(
+                at,
+                Input::Request {
+                    id,
+                    request: req.clone(),
+                },
+            )
             .unwrap();
         self.after(node);
     }
@@ -241,8 +258,61 @@ impl Sim {
         }
     }
 
+    /// Body bytes the client of `request` has received by now.
+    fn written_so_far(&self, node: u32, request: RequestId) -> u64 {
+        let c = &self.clients[&(node, request)];
+        c.written
+            + c.piping.map_or(0, |(since, rate, len)| {
+                let ms = (self.now - since).as_millis() as u64;
+                (ms * rate).min(len)
+            })
+    }
+
     fn execute(&mut self, node: u32, o: Output<u32>) {
+        let at = self.at();
         match o {
+            // The simulated store answers at once.
+            Output::StatLocal { request, what } => {
+                let local = match what {
+                    StatTarget::Digest(d)
+                        if self.holds.get(&node).is_some_and(|h| h.contains(&d)) =>
+                    {
+                        Local::Present {
+                            size: self.blobs[&d],
+                            digest: d,
+                        }
+                    }
+                    _ => Local::Absent,
+                };
+                self.nodes
+                    .get_mut(&node)
+                    .unwrap()
+                    .handle(at, Input::LocalAnswered { request, local })
+                    .unwrap();
+            }
+            Output::PollProgress { request } => {
+                let written = self.written_so_far(node, request);
+                self.nodes
+                    .get_mut(&node)
+                    .unwrap()
+                    .handle(at, Input::PipeProgress { request, written })
+                    .unwrap();
+            }
+            // The pipe stops its body (its PipeDone is dropped) and reports how far it got.
+            Output::Interrupt { request } => {
+                let written = self.written_so_far(node, request);
+                self.fetches
+                    .retain(|(n, _), f| *n != node || f.request != request);
+                let client = self.clients.get_mut(&(node, request)).unwrap();
+                client.runs.push((client.base, written - client.written));
+                client.written = written;
+                client.piping = None;
+                self.nodes
+                    .get_mut(&node)
+                    .unwrap()
+                    .handle(at, Input::PipeInterrupted { request, written })
+                    .unwrap();
+            }
             Output::Advertise(keys) => {
                 for k in keys {
                     self.dht.entry(k).or_default().insert(node);
@@ -256,7 +326,7 @@ impl Sim {
                 }
             }
             Output::RecheckStore => {}
-            Output::ServeLocal { request } => {
+            Output::ServeLocal { request, .. } => {
                 self.outcomes
                     .insert((node, request), Outcome::Local { at: self.now });
             }
@@ -291,9 +361,26 @@ impl Sim {
                 id,
                 request,
                 peer,
+                addr,
                 range,
+                ..
             } => {
-                self.fetches.insert((node, id), Fetching { peer, range });
+                assert_eq!(addr, registry(peer), "the address the lookup reported");
+                let size = self.blobs[&self.clients[&(node, request)].digest];
+                let range = match range {
+                    FetchRange::Whole => None,
+                    FetchRange::FromTo { start, end } => Some((start, end.min(size - 1))),
+                    FetchRange::From { start } => Some((start, size - 1)),
+                    FetchRange::Suffix { len } => Some((size - len.min(size), size - 1)),
+                };
+                self.fetches.insert(
+                    (node, id),
+                    Fetching {
+                        peer,
+                        request,
+                        range,
+                    },
+                );
                 let link = self.links[&peer].clone();
                 let Some(dial) = link.dial else {
                     return;
@@ -361,6 +448,12 @@ impl Sim {
                     _ => (len, false),
                 };
                 let took = Duration::from_millis(written / link.bytes_per_ms.max(1));
+                if let Some(s) = link.stall_after.filter(|s| *s < written) {
+                    // Never done: only the core's stall watchdog ends this body.
+                    client.piping = Some((self.now, link.bytes_per_ms.max(1), s));
+                    return;
+                }
+                client.piping = Some((self.now, link.bytes_per_ms.max(1), written));
                 self.schedule(
                     took,
                     Event::PipeDone {
@@ -411,8 +504,9 @@ impl Sim {
                 } => {
                     let n = self.nodes.get_mut(&node).unwrap();
                     // The lookup may have been cancelled or expired: both calls may say so.
-                    let _ = n.handle_providers(now, lookup, peers);
-                    let _ = n.handle_lookup_finished(now, lookup);
+                    let providers = peers.iter().map(|p| (*p, vec![registry(*p)])).collect();
+                    let _ = n.handle(now, Input::Providers { lookup, providers });
+                    let _ = n.handle(now, Input::LookupFinished { lookup });
                     node
                 }
                 Event::Connected { node, fetch } => {
@@ -422,7 +516,7 @@ impl Sim {
                     self.nodes
                         .get_mut(&node)
                         .unwrap()
-                        .handle_fetch_connected(now, fetch)
+                        .handle(now, Input::FetchConnected { fetch })
                         .unwrap();
                     node
                 }
@@ -433,10 +527,12 @@ impl Sim {
                     let n = self.nodes.get_mut(&node).unwrap();
                     let failed = resp.status >= 400;
                     if failed {
-                        n.handle_fetch_failed(now, fetch, FetchFailure::Broken("status".into()))
-                            .unwrap();
+                        let why = FetchFailure::Broken("status".into());
+                        n.handle(now, Input::FetchFailed { fetch, why }).unwrap();
                     } else {
-                        n.handle_fetch_responded(now, fetch, resp).unwrap();
+                        let response = resp;
+                        n.handle(now, Input::FetchResponded { fetch, response })
+                            .unwrap();
                     }
                     node
                 }
@@ -453,12 +549,15 @@ impl Sim {
                     let client = self.clients.get_mut(&(node, request)).unwrap();
                     client.runs.push((client.base, written));
                     client.written += written;
+                    client.piping = None;
                     let total = client.written;
                     let n = self.nodes.get_mut(&node).unwrap();
                     if broken {
-                        n.handle_pipe_interrupted(now, request, total).unwrap();
+                        let written = total;
+                        n.handle(now, Input::PipeInterrupted { request, written })
+                            .unwrap();
                     } else {
-                        n.handle_pipe_finished(now, request).unwrap();
+                        n.handle(now, Input::PipeFinished { request }).unwrap();
                         let c = &self.clients[&(node, request)];
                         self.outcomes.insert(
                             (node, request),
@@ -615,7 +714,7 @@ fn a_broken_body_is_resumed_and_contiguous() {
     assert!(
         sim.trace
             .iter()
-            .any(|t| t.contains("range: Some((30000, 99999))"))
+            .any(|t| t.contains("range: FromTo { start: 30000, end: 99999 }"))
     );
 }
 
@@ -694,7 +793,8 @@ fn withdrawn_content_is_no_longer_found() {
     sim.nodes
         .get_mut(&1)
         .unwrap()
-        .handle_store_event(at, StoreEvent::Snapshot(vec![]));
+        .handle(at, Input::Store(StoreEvent::Snapshot(vec![])))
+        .unwrap();
     sim.after(1);
     sim.holds.clear();
     assert!(sim.dht.get(&Key::digest(&d)).is_none_or(|s| s.is_empty()));
@@ -704,4 +804,37 @@ fn withdrawn_content_is_no_longer_found() {
         sim.outcomes[&r],
         Outcome::Failed { status: 404, .. }
     ));
+}
+
+#[test]
+fn a_stalled_body_is_resumed_by_the_core_watchdog() {
+    let mut sim = Sim::new(3, 5);
+    let d = sim.give(1, "stuck", 100_000);
+    sim.give(2, "stuck", 100_000);
+    sim.links.get_mut(&1).unwrap().stall_after = Some(40_000);
+    sim.links.get_mut(&2).unwrap().stall_after = Some(40_000);
+    let r = sim.request(0, &d, None);
+    sim.run(Duration::from_secs(60));
+    // Whichever peer went first stalled at 40 000 bytes; the other one resumed there and
+    // stalled at 40 000 bytes of its part; nobody is left, so the client is aborted with
+    // exactly what it got.
+    assert!(
+        sim.trace.iter().any(|t| t.contains("Interrupt")),
+        "{:#?}",
+        sim.trace
+    );
+    assert!(
+        sim.trace
+            .iter()
+            .any(|t| t.contains("range: FromTo { start: 40000, end: 99999 }"))
+    );
+    let Outcome::Aborted { written, at } = sim.outcomes[&r] else {
+        panic!("{:?}", sim.outcomes[&r])
+    };
+    assert_eq!(written, 80_000);
+    // Two stall periods per body (one to see progress, one to see none).
+    assert!(
+        at >= Duration::from_secs(20) && at < Duration::from_secs(21),
+        "{at:?}"
+    );
 }

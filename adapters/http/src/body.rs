@@ -20,8 +20,8 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
 
-use crate::source::BlobBody;
 use crate::{BoxError, CHUNK_SIZE};
+use speil_driver::BlobBody;
 
 /// The body type of every response this crate builds.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;

@@ -4,18 +4,20 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response};
+use http_body_util::BodyExt;
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use speil_core::mirror::{ContentRange, FetchFailure, FetchResponse};
-use speil_core::range::ByteRange;
-use speil_core::request::ContentRequest;
+use speil_core::request::MIRRORED_HEADER;
+use speil_driver::{PeerClient, PeerRequest, Runtime};
 
 use crate::CHUNK_SIZE;
 use crate::auth::Credentials;
 use crate::body::ResponseBody;
-use speil_driver::Runtime;
+use crate::pipe::PeerBody;
 
 /// The `Docker-Content-Digest` header.
 pub const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
@@ -32,30 +34,76 @@ const RELAYED: [HeaderName; 6] = [
     OCI_NAMESPACE,
 ];
 
-/// The request to send to the peer at `addr`: the client's method, canonical path and query,
-/// `X-Spegel-Mirrored: true`, and `range` (the client's own or a resume range).
+/// The request to send to a peer, exactly as the core's `Fetch` names it:
+/// `X-Spegel-Mirrored: true`, the rendered `Range`, the node's credentials.
 pub fn peer_request(
-    req: &ContentRequest,
-    addr: SocketAddr,
-    range: Option<&ByteRange>,
+    req: &PeerRequest,
     credentials: Option<&Credentials>,
 ) -> Result<Request<Empty<Bytes>>, http::Error> {
     let mut builder = Request::builder()
-        .method(req.method())
-        .uri(req.path_and_query())
-        .header(header::HOST, addr.to_string());
-    if let Some(headers) = builder.headers_mut() {
-        headers.extend(req.peer_headers(range));
-        if let Some(c) = credentials {
-            headers.insert(header::AUTHORIZATION, c.header().clone());
-        }
+        .method(req.method.clone())
+        .uri(req.path.as_str())
+        .header(header::HOST, req.addr.to_string())
+        .header(MIRRORED_HEADER, "true");
+    if let Some(range) = req.range.header_value() {
+        builder = builder.header(header::RANGE, range);
+    }
+    if let Some(c) = credentials {
+        builder = builder.header(header::AUTHORIZATION, c.header().clone());
     }
     builder.body(Empty::new())
 }
 
+/// A peer's response whose head arrived, and where it came from.
+pub struct PeerResponse {
+    /// The peer's registry.
+    pub addr: SocketAddr,
+    /// The response; its body is the peer's connection.
+    pub response: Response<PeerBody>,
+}
+
+/// The hyper client to peers' registries, on a runtime.
+#[derive(Debug, Clone)]
+pub struct HyperPeers<R> {
+    rt: R,
+    credentials: Option<Credentials>,
+}
+
+impl<R: Runtime> HyperPeers<R> {
+    /// A client on `rt` that sends `credentials` (basic auth) when given.
+    pub fn new(rt: R, credentials: Option<Credentials>) -> HyperPeers<R> {
+        HyperPeers { rt, credentials }
+    }
+}
+
+impl<R: Runtime> PeerClient for HyperPeers<R> {
+    type Response = PeerResponse;
+
+    fn fetch(
+        &self,
+        request: PeerRequest,
+        connected: Box<dyn FnOnce() + Send>,
+    ) -> BoxFuture<'static, Result<(FetchResponse, PeerResponse), FetchFailure>> {
+        let rt = self.rt.clone();
+        let built = peer_request(&request, self.credentials.as_ref());
+        Box::pin(async move {
+            let addr = request.addr;
+            let req = built.map_err(|e| FetchFailure::Connect(e.to_string()))?;
+            let response = fetch(&rt, addr, req, connected).await?;
+            let facts = fetch_response(&response);
+            let response = response.map(|b| b.map_err(Into::into).boxed_unsync());
+            Ok((facts, PeerResponse { addr, response }))
+        })
+    }
+
+    fn describe(&self, response: &PeerResponse) -> String {
+        response.addr.to_string()
+    }
+}
+
 /// Connects to `addr`, sends `req` and waits for the response's headers. `connected` is
 /// called once the connection is up and the request is on its way.
-pub async fn fetch<R: Runtime>(
+async fn fetch<R: Runtime>(
     rt: &R,
     addr: SocketAddr,
     req: Request<Empty<Bytes>>,
@@ -146,25 +194,32 @@ pub(crate) fn number_value(n: u64) -> HeaderValue {
 
 #[cfg(test)]
 mod tests {
+    use speil_core::mirror::FetchRange;
+
     use super::*;
 
     #[test]
     fn peer_requests_to_ipv6_peers_have_a_bracketed_host() {
-        let parsed = speil_core::request::parse_request(
-            &http::Method::GET,
-            "/v2/library/x/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000?ns=registry.test%3A5000",
-            &HeaderMap::new(),
+        let at = |addr: &str, range| {
+            PeerRequest {
+            addr: addr.parse().unwrap(),
+            method: http::Method::GET,
+            path: "/v2/library/x/blobs/sha256:0000000000000000000000000000000000000000000000000000000000000000?ns=registry.test%3A5000".into(),
+            range,
+        }
+        };
+        let r = peer_request(&at("[2001:db8::12]:5000", FetchRange::Whole), None).unwrap();
+        assert_eq!(r.headers()[header::HOST], "[2001:db8::12]:5000");
+        assert_eq!(r.headers()["x-spegel-mirrored"], "true");
+        assert!(r.headers().get(header::RANGE).is_none());
+        let r = peer_request(
+            &at("192.0.2.12:5000", FetchRange::FromTo { start: 5, end: 9 }),
+            None,
         )
         .unwrap();
-        let speil_core::request::RegistryRequest::Content(req) = parsed else {
-            panic!("not a content request: {parsed:?}");
-        };
-        let addr: SocketAddr = "[2001:db8::12]:5000".parse().unwrap();
-        let r = peer_request(&req, addr, None, None).unwrap();
-        assert_eq!(r.headers()[header::HOST], "[2001:db8::12]:5000");
-        let v4: SocketAddr = "192.0.2.12:5000".parse().unwrap();
-        let r = peer_request(&req, v4, None, None).unwrap();
         assert_eq!(r.headers()[header::HOST], "192.0.2.12:5000");
+        assert_eq!(r.headers()[header::RANGE], "bytes=5-9");
+        assert!(r.uri().to_string().ends_with("?ns=registry.test%3A5000"));
     }
 
     #[test]

@@ -139,7 +139,7 @@ impl<R: Runtime> Server<R> {
     /// Like [`Server::serve`] until `shutdown` completes; then stops accepting, lets every
     /// connection finish the response in flight (idle keep-alive connections are closed),
     /// and returns when all are done. Call
-    /// [`Shared::shutdown`](crate::driver::Shared::shutdown) first so that requests arriving
+    /// [`Shared::shutdown`](speil_driver::Shared::shutdown) first so that requests arriving
     /// meanwhile get 503.
     pub async fn serve_until<S>(
         &self,

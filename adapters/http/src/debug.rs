@@ -21,9 +21,9 @@ use speil_core::{Digest, Reference};
 
 use crate::BoxError;
 use crate::body::{self, ResponseBody};
-use crate::driver::Shared;
-use crate::source::ContentSource;
+use speil_driver::ContentStore;
 use speil_driver::Runtime;
+use speil_driver::Shared;
 
 /// How the debug server is set up.
 #[derive(Debug, Clone)]
@@ -46,7 +46,7 @@ pub struct MetricsService<R> {
 
 struct Inner<R> {
     shared: Arc<Shared>,
-    source: Arc<dyn ContentSource>,
+    source: Arc<dyn ContentStore>,
     runtime: R,
     config: DebugConfig,
 }
@@ -61,7 +61,7 @@ impl<R: Runtime> MetricsService<R> {
     /// A service over the shared state.
     pub fn new(
         shared: Arc<Shared>,
-        source: Arc<dyn ContentSource>,
+        source: Arc<dyn ContentStore>,
         runtime: R,
         config: DebugConfig,
     ) -> MetricsService<R> {
@@ -121,7 +121,7 @@ impl<R: Runtime> Inner<R> {
                 .set(i64::try_from(peers).unwrap_or(i64::MAX));
             return respond(
                 StatusCode::OK,
-                crate::metrics::PROMETHEUS_TEXT,
+                speil_driver::metrics::PROMETHEUS_TEXT,
                 self.shared.metrics.encode(),
             );
         }

@@ -1,37 +1,28 @@
-//! speil's HTTP adapter: the registry API server (SPEC.md §2), the peer-fetch client and the
-//! body pipe that resumes a broken blob (§3), the metrics and debug server (§7), and the
-//! runtime-neutral driver that owns the core [`Node`](speil_core::node::Node).
+//! speil's HTTP adapter: the registry API server (SPEC.md §2), the peer client and the body
+//! pipe that resumes a broken blob (§3), and the metrics and debug server (§7).
 //!
 //! # Shape
 //!
-//! - [`driver::start`] builds one future (the runtime spawns it) that owns the node, and a
-//!   [`driver::DriverHandle`] for the registry server. Everything that happens — a client
-//!   request, providers found, a peer's headers, a broken body, a store event, a timer —
-//!   reaches the driver over a channel; it feeds the node, drains its outputs and executes
-//!   them (lookups and fetches run as spawned tasks that report back over a channel), then
-//!   arms one timer at the node's `poll_timeout`.
-//! - [`server::RegistryService`] is the hyper 1 `Service` for one registry connection. It
-//!   parses and validates the request, checks the local store, asks the driver what to do and
-//!   answers: from the local store, with an OCI error, or with a peer's response whose body is
-//!   a [`pipe`] that can be continued by another peer's body.
+//! - [`conn::Server`] is the one HTTP/1.1 server path (DESIGN §1): an accept loop and a
+//!   connection loop over the pure `speil-h1` codec, generic over the
+//!   [`Runtime`](speil_driver::Runtime), sending local blobs with the runtime's `sendfile`.
+//!   The registry, the metrics and debug page, and `cleanup`'s `/readyz` all run on it.
+//! - [`server::RegistryService`] is the service for registry connections. It parses and
+//!   validates the request, asks the driver (`speil-driver`, which owns the core `Node`) what
+//!   to do and executes the answer: exactly the local bytes the node named, an OCI error, or a
+//!   peer's response whose body is a [`pipe`] that the driver can continue with another
+//!   peer's body or interrupt.
+//! - [`client::HyperPeers`] is the driver's [`PeerClient`](speil_driver::PeerClient): hyper's
+//!   HTTP/1.1 client over the runtime's TCP connections (hyper stays only here).
 //! - [`debug::MetricsService`] serves `/metrics` and the `/debug/web/` page.
-//!
-//! # Runtimes
-//!
-//! Nothing here needs a particular async runtime: the runtime supplies a [`Runtime`]
-//! (spawn, sleep, TCP connect), a [`ContentSource`] (the store) and a [`Router`] (the DHT).
-//! hyper's server and client connections run over whatever IO the runtime gives them. The
-//! tokio glue is the `tokio_rt` module (cargo feature `tokio`); nothing else here uses tokio
-//! (hyper itself links only tokio's runtime-free `sync` types).
 //!
 //! # Zero copy
 //!
-//! A hyper body yields `Bytes`; it cannot hand a file descriptor to the socket. A local blob
-//! ([`BlobBody::File`]) becomes a body that reads its region in chunks of at most
-//! [`CHUNK_SIZE`] bytes with positional reads (no shared file cursor), and the response also
-//! carries the region as a [`body::FileRegion`] extension. The tokio build serves
-//! connections with its own HTTP/1.1 loop ([`zerocopy`]) that takes the region and sends it
-//! with `sendfile`; under hyper (the smol build) the body reads it.
+//! A hyper body yields `Bytes`; it cannot hand a file descriptor to the socket (hyperium/hyper
+//! #3026). A local blob ([`BlobBody::File`](speil_driver::BlobBody::File)) becomes a response
+//! that carries its region as a [`body::FileRegion`] extension, and the connection loop sends
+//! the region with `sendfile` on every runtime (a body that would read it in chunks stays as
+//! the fallback for other servers).
 
 #![deny(missing_docs)]
 
@@ -40,15 +31,11 @@ pub mod body;
 pub mod client;
 pub mod conn;
 pub mod debug;
-pub mod driver;
-pub mod metrics;
 pub mod pipe;
 pub mod server;
-pub mod source;
 
+pub use client::HyperPeers;
 pub use conn::Server;
-pub use source::{BlobBody, ContentSource, Provider, Router, SourceError};
-pub use speil_driver::Runtime;
 
 /// Largest chunk a response body yields (bytes).
 pub const CHUNK_SIZE: usize = 64 * 1024;

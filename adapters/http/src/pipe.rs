@@ -7,48 +7,29 @@
 //! core asked for with the right `Range`), [`PipeControl::Abort`] ends the body with an error
 //! so that hyper aborts the connection — the client never sees a clean, short body.
 //!
-//! A peer that stops sending without closing its connection is caught by the stall watchdog:
-//! when no byte arrives for the core's `stall_timeout`, the body counts as broken.
+//! A peer that stops sending without closing its connection is caught by the core's stall
+//! watchdog: the driver reads the pipe's byte counter when the core polls the progress, and
+//! when the core finds none it sends [`PipeControl::Interrupt`]; the pipe drops the peer's
+//! body (closing its connection) and reports the interruption like a broken body.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use std::time::Duration;
-
 use bytes::Bytes;
+use futures::Stream;
 use futures::channel::mpsc;
-use futures::future::BoxFuture;
-use futures::{FutureExt, Stream};
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
+use speil_driver::{PipeControl, PipeEvent, PipeReporter, Relay};
 
 use crate::BoxError;
 use crate::body::Truncated;
+use crate::client::PeerResponse;
 
 /// A peer's response body.
 pub type PeerBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// What the driver tells a waiting pipe.
-pub enum PipeControl {
-    /// Continue with this body (the rest of the response, from where it broke).
-    Continue(PeerBody),
-    /// Nobody can continue: abort the client's connection.
-    Abort,
-}
-
-/// What a pipe tells the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PipeEvent {
-    /// The whole body reached the client.
-    Finished,
-    /// The peer's body broke after `written` bytes (in total) reached the client.
-    Interrupted {
-        /// Bytes of the body delivered so far.
-        written: u64,
-    },
-    /// The client went away (or hyper dropped the body) before the end.
-    Closed,
-}
 
 enum State {
     Streaming(PeerBody),
@@ -57,82 +38,83 @@ enum State {
     Aborted,
 }
 
+/// How a pipe reports (to the driver, or to a test).
+pub type Notify = Box<dyn FnMut(PipeEvent) + Send>;
+
 /// The client's body of a mirrored response.
 pub struct Pipe {
     state: State,
-    written: u64,
+    written: Arc<AtomicU64>,
     expected: Option<u64>,
-    control: mpsc::UnboundedReceiver<PipeControl>,
-    notify: Box<dyn FnMut(PipeEvent) + Send>,
-    stall: Option<Stall>,
-}
-
-/// The stall watchdog: a timer re-armed by every byte that arrives.
-pub struct Stall {
-    timeout: Duration,
-    sleep: Box<dyn Fn(Duration) -> BoxFuture<'static, ()> + Send>,
-    timer: Option<BoxFuture<'static, ()>>,
-}
-
-impl Stall {
-    /// A watchdog of `timeout`, made of the runtime's `sleep`.
-    pub fn new(
-        timeout: Duration,
-        sleep: impl Fn(Duration) -> BoxFuture<'static, ()> + Send + 'static,
-    ) -> Stall {
-        Stall {
-            timeout,
-            sleep: Box::new(sleep),
-            timer: None,
-        }
-    }
-
-    /// Whether the body has delivered nothing for `timeout` (arms the timer on first use).
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        let timer = self.timer.get_or_insert_with(|| (self.sleep)(self.timeout));
-        timer.poll_unpin(cx).is_ready()
-    }
-
-    fn reset(&mut self) {
-        self.timer = None;
-    }
+    control: mpsc::UnboundedReceiver<PipeControl<PeerResponse>>,
+    notify: Notify,
 }
 
 impl Pipe {
-    /// Watches for a stalled peer body (see [`Stall`]).
-    pub fn with_stall(mut self, stall: Stall) -> Pipe {
-        self.stall = Some(stall);
-        self
+    /// The body of a relay the driver decided on, promised to deliver `expected` bytes (the
+    /// response's `Content-Length`; `None` when unknown, e.g. for HEAD).
+    pub fn relay(first: PeerBody, expected: Option<u64>, relay: RelayParts) -> Pipe {
+        let reporter = relay.reporter;
+        Pipe::new(
+            first,
+            expected,
+            relay.control,
+            relay.written,
+            Box::new(move |ev| reporter.report(ev)),
+        )
     }
 
-    /// A pipe that starts with `first`, promised to deliver `expected` bytes (the response's
-    /// `Content-Length`; `None` when unknown, e.g. for HEAD), taking continuations from
-    /// `control` and reporting to `notify`.
+    /// A pipe that starts with `first`, taking continuations from `control`, counting the
+    /// bytes delivered on `written` and reporting to `notify`.
     pub fn new(
         first: PeerBody,
         expected: Option<u64>,
-        control: mpsc::UnboundedReceiver<PipeControl>,
-        notify: Box<dyn FnMut(PipeEvent) + Send>,
+        control: mpsc::UnboundedReceiver<PipeControl<PeerResponse>>,
+        written: Arc<AtomicU64>,
+        notify: Notify,
     ) -> Pipe {
         Pipe {
             state: State::Streaming(first),
-            written: 0,
+            written,
             expected,
             control,
             notify,
-            stall: None,
         }
     }
 
     /// Bytes delivered so far.
     pub fn written(&self) -> u64 {
-        self.written
+        self.written.load(Ordering::Relaxed)
     }
 
     fn interrupted(&mut self) {
         self.state = State::Waiting;
-        let written = self.written;
+        let written = self.written();
         (self.notify)(PipeEvent::Interrupted { written });
+    }
+}
+
+/// A relay without its first response: what the pipe needs besides the first body.
+pub struct RelayParts {
+    /// The driver's control channel.
+    pub control: mpsc::UnboundedReceiver<PipeControl<PeerResponse>>,
+    /// Where the pipe reports.
+    pub reporter: PipeReporter,
+    /// The byte counter the driver reads.
+    pub written: Arc<AtomicU64>,
+}
+
+impl RelayParts {
+    /// Splits a relay into its first response and the rest.
+    pub fn split(relay: Relay<PeerResponse>) -> (PeerResponse, RelayParts) {
+        (
+            relay.response,
+            RelayParts {
+                control: relay.control,
+                reporter: relay.reporter,
+                written: relay.written,
+            },
+        )
     }
 }
 
@@ -149,28 +131,37 @@ impl Body for Pipe {
             match &mut this.state {
                 State::Streaming(body) => match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => {
-                        if this.stall.as_mut().is_some_and(|s| s.expired(cx)) {
-                            tracing::debug!(written = this.written, "peer body stalled");
-                            if let Some(s) = this.stall.as_mut() {
-                                s.reset();
+                        // The driver may tell a stalled body to stop (the core's watchdog).
+                        match Pin::new(&mut this.control).poll_next(cx) {
+                            Poll::Ready(Some(PipeControl::Interrupt)) => {
+                                tracing::debug!(written = this.written(), "peer body stalled");
+                                // Dropping the body closes the stalled connection.
+                                this.interrupted();
+                                continue;
                             }
-                            // Dropping the body closes the stalled connection.
-                            this.interrupted();
-                            continue;
+                            Poll::Ready(Some(PipeControl::Abort)) => {
+                                this.state = State::Aborted;
+                                return Poll::Ready(Some(Err(Truncated(format!(
+                                    "the body was aborted after {} bytes",
+                                    this.written()
+                                ))
+                                .into())));
+                            }
+                            Poll::Ready(Some(PipeControl::Continue(_)))
+                            | Poll::Ready(None)
+                            | Poll::Pending => {}
                         }
                         return Poll::Pending;
                     }
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(s) = this.stall.as_mut() {
-                            s.reset();
-                        }
                         let Ok(data) = frame.into_data() else {
                             continue; // trailers are not relayed
                         };
                         if data.is_empty() {
                             continue;
                         }
-                        let room = this.expected.map_or(u64::MAX, |e| e - this.written.min(e));
+                        let written = this.written();
+                        let room = this.expected.map_or(u64::MAX, |e| e - written.min(e));
                         if data.len() as u64 > room {
                             // More than promised: a broken peer. Never relay extra bytes.
                             this.state = State::Aborted;
@@ -179,8 +170,9 @@ impl Body for Pipe {
                             )
                             .into())));
                         }
-                        this.written += data.len() as u64;
-                        if this.expected == Some(this.written) {
+                        let written = written + data.len() as u64;
+                        this.written.store(written, Ordering::Relaxed);
+                        if this.expected == Some(written) {
                             // Complete: hyper may stop polling once it wrote Content-Length
                             // bytes, so the end is reported now.
                             this.state = State::Finished;
@@ -189,12 +181,12 @@ impl Body for Pipe {
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     Poll::Ready(Some(Err(e))) => {
-                        tracing::debug!(written = this.written, error = %e, "peer body broke");
+                        tracing::debug!(written = this.written(), error = %e, "peer body broke");
                         this.interrupted();
                     }
                     Poll::Ready(None) => {
-                        if this.expected.is_some_and(|e| this.written < e) {
-                            tracing::debug!(written = this.written, "peer body ended early");
+                        if this.expected.is_some_and(|e| this.written() < e) {
+                            tracing::debug!(written = this.written(), "peer body ended early");
                             this.interrupted();
                         } else {
                             this.state = State::Finished;
@@ -205,14 +197,16 @@ impl Body for Pipe {
                 },
                 State::Waiting => match Pin::new(&mut this.control).poll_next(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(Some(PipeControl::Continue(body))) => {
-                        this.state = State::Streaming(body);
+                    Poll::Ready(Some(PipeControl::Continue(next))) => {
+                        this.state = State::Streaming(next.response.into_body());
                     }
+                    // Already stopped: nothing more to drop.
+                    Poll::Ready(Some(PipeControl::Interrupt)) => {}
                     Poll::Ready(Some(PipeControl::Abort)) | Poll::Ready(None) => {
                         this.state = State::Aborted;
                         return Poll::Ready(Some(Err(Truncated(format!(
                             "no peer could continue the body after {} bytes",
-                            this.written
+                            this.written()
                         ))
                         .into())));
                     }
@@ -228,7 +222,7 @@ impl Body for Pipe {
 
     fn size_hint(&self) -> SizeHint {
         match self.expected {
-            Some(e) => SizeHint::with_exact(e.saturating_sub(self.written)),
+            Some(e) => SizeHint::with_exact(e.saturating_sub(self.written())),
             None => SizeHint::default(),
         }
     }
@@ -265,7 +259,11 @@ mod tests {
     fn pipe(
         first: PeerBody,
         expected: Option<u64>,
-    ) -> (Pipe, mpsc::UnboundedSender<PipeControl>, Events) {
+    ) -> (
+        Pipe,
+        mpsc::UnboundedSender<PipeControl<PeerResponse>>,
+        Events,
+    ) {
         let (tx, rx) = mpsc::unbounded();
         let events: Events = Arc::default();
         let e = events.clone();
@@ -273,9 +271,17 @@ mod tests {
             first,
             expected,
             rx,
+            Arc::default(),
             Box::new(move |ev| e.lock().unwrap().push(ev)),
         );
         (p, tx, events)
+    }
+
+    fn resp(body: PeerBody) -> PeerResponse {
+        PeerResponse {
+            addr: "192.0.2.1:5000".parse().unwrap(),
+            response: http::Response::new(body),
+        }
     }
 
     async fn next(p: &mut Pipe) -> Option<Result<Bytes, String>> {
@@ -286,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_body_is_an_interruption() {
+    fn an_interrupted_body_is_continued_at_the_count() {
         block_on(async {
             // Two bytes, then nothing, forever (the connection stays open).
             let first = StreamBody::new(
@@ -294,13 +300,12 @@ mod tests {
                     .chain(futures::stream::pending()),
             )
             .boxed_unsync();
-            let (p, tx, events) = pipe(first, Some(5));
-            // A timer that fires at once stands for the stall timeout passing.
-            let mut p = p.with_stall(Stall::new(Duration::from_secs(5), |_| {
-                futures::future::ready(()).boxed()
-            }));
+            let (mut p, tx, events) = pipe(first, Some(5));
             assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
-            tx.unbounded_send(PipeControl::Continue(peer(vec![Ok(b"cde")])))
+            assert_eq!(p.written(), 2);
+            // The core's watchdog found no progress: the driver interrupts the body.
+            tx.unbounded_send(PipeControl::Interrupt).unwrap();
+            tx.unbounded_send(PipeControl::Continue(resp(peer(vec![Ok(b"cde")]))))
                 .unwrap();
             assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"cde"))));
             assert_eq!(
@@ -311,16 +316,17 @@ mod tests {
     }
 
     #[test]
-    fn a_slow_body_within_the_stall_timeout_is_not_interrupted() {
+    fn an_abort_while_streaming_is_an_error() {
         block_on(async {
-            let (p, _tx, events) = pipe(peer(vec![Ok(b"ab"), Ok(b"cd")]), Some(4));
-            // A timer that never fires.
-            let mut p = p.with_stall(Stall::new(Duration::from_secs(5), |_| {
-                futures::future::pending().boxed()
-            }));
+            let first = StreamBody::new(
+                futures::stream::iter(vec![Ok(Frame::data(Bytes::from_static(b"ab")))])
+                    .chain(futures::stream::pending()),
+            )
+            .boxed_unsync();
+            let (mut p, tx, _events) = pipe(first, Some(5));
             assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
-            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"cd"))));
-            assert_eq!(*events.lock().unwrap(), vec![PipeEvent::Finished]);
+            tx.unbounded_send(PipeControl::Abort).unwrap();
+            assert!(matches!(next(&mut p).await, Some(Err(_))));
         });
     }
 
@@ -342,7 +348,7 @@ mod tests {
         block_on(async {
             let (mut p, tx, events) = pipe(peer(vec![Ok(b"ab"), Err("reset")]), Some(5));
             assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
-            tx.unbounded_send(PipeControl::Continue(peer(vec![Ok(b"cde")])))
+            tx.unbounded_send(PipeControl::Continue(resp(peer(vec![Ok(b"cde")]))))
                 .unwrap();
             assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"cde"))));
             assert_eq!(

@@ -1,8 +1,9 @@
 //! The registry server (SPEC.md §2): a hyper `Service` for one connection.
 //!
 //! Every request is bounded and validated by the core's parser before anything else looks at
-//! it. Content requests are checked against the local store and handed to the driver, which
-//! decides: serve locally, fail (a 404 that says why), or relay a peer's response.
+//! it. Content requests go to the driver, whose node asks the store and decides: serve exactly
+//! this from the local store (digest, size, range), fail (a 404 that says why), or relay a
+//! peer's response. The server only executes the decision: it does not stat the store again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -17,18 +18,17 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use speil_core::Digest;
 use speil_core::error::OciError;
-use speil_core::manifest::{self, MAX_MANIFEST_SIZE};
-use speil_core::node::Local;
+use speil_core::manifest;
 use speil_core::range::ResolvedRange;
 use speil_core::request::{ContentRequest, HEADERS_MAX, RegistryRequest, Target, parse_request};
+use speil_driver::metrics::{HandlerLabel, HttpLabels};
+use speil_driver::{ContentStore, Decision, DriverHandle, Shared};
 
 use crate::BoxError;
 use crate::auth::Credentials;
 use crate::body::{self, ResponseBody};
-use crate::client::{DOCKER_CONTENT_DIGEST, OCI_NAMESPACE, number_value};
-use crate::driver::{Decision, DriverHandle, Shared};
-use crate::metrics::{HandlerLabel, HttpLabels};
-use crate::source::ContentSource;
+use crate::client::{self, DOCKER_CONTENT_DIGEST, OCI_NAMESPACE, PeerResponse, number_value};
+use crate::pipe::{Pipe, RelayParts};
 
 /// The read buffer of a server connection: a request whose head is larger is refused before
 /// it is parsed; heads between [`HEADERS_MAX`] and this size are refused by the parser with
@@ -59,8 +59,8 @@ pub struct RegistryService {
 }
 
 struct Inner {
-    driver: DriverHandle,
-    source: Arc<dyn ContentSource>,
+    driver: DriverHandle<PeerResponse>,
+    source: Arc<dyn ContentStore>,
     config: ServerConfig,
 }
 
@@ -73,8 +73,8 @@ impl std::fmt::Debug for RegistryService {
 impl RegistryService {
     /// A service over the driver and the content source.
     pub fn new(
-        driver: DriverHandle,
-        source: Arc<dyn ContentSource>,
+        driver: DriverHandle<PeerResponse>,
+        source: Arc<dyn ContentStore>,
         config: ServerConfig,
     ) -> RegistryService {
         RegistryService {
@@ -239,17 +239,9 @@ impl Inner {
 
     async fn content(&self, req: ContentRequest) -> Result<Response<ResponseBody>, BoxError> {
         let head = req.head();
-        let (local, presence) = match self.local_digest(&req).await {
-            Ok(Some(found)) => (Some(found), Local::Present),
-            Ok(None) => (None, Local::Absent),
-            Err(e) => {
-                tracing::warn!(error = %e, "content store unavailable");
-                (None, Local::Unknown)
-            }
-        };
-        let decision = self.driver.decide(req.clone(), presence).await;
+        let decision = self.driver.decide(req.clone()).await;
         match &decision {
-            Decision::ServeLocal => tracing::info!(
+            Decision::ServeLocal { .. } => tracing::info!(
                 source = "local",
                 for_peer = req.mirrored(),
                 method = %req.method(),
@@ -272,26 +264,27 @@ impl Inner {
             Decision::Relay(_) => {}
         }
         match decision {
-            Decision::ServeLocal => match local {
-                Some(digest) => {
-                    let mut r = self.serve_local(&req, &digest).await;
-                    r.extensions_mut().insert(ServedFrom("local"));
-                    Ok(r)
-                }
-                // The node serves locally only what the store holds.
-                None => {
-                    self.driver
-                        .shared()
-                        .metrics
-                        .not_found(speil_core::FailReason::NotPresent);
-                    Ok(error_response(
-                        &not_found(&req, "not present on this node"),
-                        head,
-                    ))
-                }
-            },
+            Decision::ServeLocal {
+                digest,
+                size,
+                range,
+                head,
+            } => {
+                let mut r = self.serve_local(&req, &digest, size, range, head).await;
+                r.extensions_mut().insert(ServedFrom("local"));
+                Ok(r)
+            }
             Decision::Fail(e) => Ok(error_response(&e, head)),
-            Decision::Relay(mut r) => {
+            Decision::Relay(relay) => {
+                let (first, parts) = RelayParts::split(relay);
+                let (response_parts, body) = first.response.into_parts();
+                let expected = if head {
+                    None
+                } else {
+                    client::content_length(&response_parts.headers)
+                };
+                let pipe = Pipe::relay(body, expected, parts);
+                let mut r = client::relay(response_parts, pipe.boxed_unsync());
                 r.extensions_mut().insert(ServedFrom("peer"));
                 Ok(r)
             }
@@ -299,31 +292,18 @@ impl Inner {
         }
     }
 
-    /// The digest of the requested content when the store holds it.
-    async fn local_digest(
+    async fn serve_local(
         &self,
         req: &ContentRequest,
-    ) -> Result<Option<Digest>, crate::SourceError> {
-        match req.target() {
-            Target::ManifestTag(tag) => {
-                let Some(ns) = req.ns() else {
-                    return Ok(None);
-                };
-                let image = format!("{ns}/{}:{tag}", req.name());
-                self.source.resolve_tag(&image).await
-            }
-            Target::ManifestDigest(d) | Target::Blob(d) => {
-                Ok(self.source.size(d).await?.map(|_| d.clone()))
-            }
-        }
-    }
-
-    async fn serve_local(&self, req: &ContentRequest, digest: &Digest) -> Response<ResponseBody> {
-        let head = req.head();
+        digest: &Digest,
+        size: u64,
+        range: Option<ResolvedRange>,
+        head: bool,
+    ) -> Response<ResponseBody> {
         let result = if req.is_manifest() {
-            self.serve_manifest(req, digest).await
+            self.serve_manifest(req, digest, head).await
         } else {
-            self.serve_blob(req, digest).await
+            self.serve_blob(req, digest, size, range, head).await
         };
         match result {
             Ok(mut r) => {
@@ -342,21 +322,14 @@ impl Inner {
         }
     }
 
+    /// A manifest the node decided to serve (the core checked its size against the 4 MiB
+    /// cap; the store refuses a larger one too).
     async fn serve_manifest(
         &self,
         req: &ContentRequest,
         digest: &Digest,
+        head: bool,
     ) -> Result<Response<ResponseBody>, OciError> {
-        let size = self.source.size(digest).await.map_err(unavailable)?;
-        let Some(size) = size else {
-            return Err(not_found(req, "not present on this node"));
-        };
-        if size > MAX_MANIFEST_SIZE as u64 {
-            return Err(OciError::manifest_unknown(
-                req.reference(),
-                format!("{digest} is {size} bytes, larger than a manifest may be (4 MiB)"),
-            ));
-        }
         let Some(bytes) = self
             .source
             .read_manifest(digest)
@@ -371,7 +344,7 @@ impl Inner {
         let content_type = HeaderValue::from_str(parsed.media_type())
             .unwrap_or(HeaderValue::from_static(manifest::OCI_MANIFEST));
         let len = bytes.len() as u64;
-        let mut r = Response::new(if req.head() {
+        let mut r = Response::new(if head {
             body::empty()
         } else {
             body::full(bytes)
@@ -382,24 +355,21 @@ impl Inner {
         Ok(r)
     }
 
+    /// Exactly the blob bytes the node decided on: `range` of `size`, or the whole blob.
     async fn serve_blob(
         &self,
         req: &ContentRequest,
         digest: &Digest,
+        size: u64,
+        range: Option<ResolvedRange>,
+        head: bool,
     ) -> Result<Response<ResponseBody>, OciError> {
-        let Some(size) = self.source.size(digest).await.map_err(unavailable)? else {
-            return Err(not_found(req, "not present on this node"));
-        };
-        let range = match req.range() {
-            Some(r) => Some(r.resolve(size)?),
-            None => None,
-        };
         let (offset, len) = match range {
             Some(ResolvedRange { start, end }) => (start, end - start + 1),
             None => (0, size),
         };
         let mut region = None;
-        let body = if req.head() || len == 0 {
+        let body = if head || len == 0 {
             body::empty()
         } else {
             let Some(blob) = self
@@ -435,7 +405,7 @@ impl Inner {
     }
 }
 
-fn unavailable(e: crate::SourceError) -> OciError {
+fn unavailable(e: speil_driver::SourceError) -> OciError {
     OciError::unavailable(format!("content store: {e}"))
 }
 
@@ -454,7 +424,7 @@ struct ServedFrom(&'static str);
 /// Records a response's duration and size when its body is done (or dropped).
 struct Measure {
     source: Option<&'static str>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<speil_driver::metrics::Metrics>,
     handler: &'static str,
     method: Method,
     started: Instant,

@@ -12,7 +12,7 @@ use speil_http::server::ServerConfig;
 
 #[tokio::test]
 async fn metrics_and_debug_page() {
-    let source = Arc::new(FakeContentSource::default());
+    let source = Arc::new(FakeContentStore::default());
     let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let config = source.put(config_bytes.clone());
     let layer_bytes = blob_bytes(100_000, 3);
@@ -144,7 +144,7 @@ async fn metrics_and_debug_page() {
 
 #[tokio::test]
 async fn measure_works_with_basic_auth_on() {
-    let source = Arc::new(FakeContentSource::default());
+    let source = Arc::new(FakeContentStore::default());
     let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let config = source.put(config_bytes.clone());
     let manifest = source.put(format!(

@@ -20,8 +20,8 @@ fn no_auth() -> ServerConfig {
 }
 
 /// A store holding one image whose only layer is `layer`.
-fn store_with(layer: &Bytes) -> (Arc<FakeContentSource>, Digest) {
-    let s = Arc::new(FakeContentSource::default());
+fn store_with(layer: &Bytes) -> (Arc<FakeContentStore>, Digest) {
+    let s = Arc::new(FakeContentStore::default());
     let d = s.put(layer.clone());
     s.tag("example.com/test/app:v1", &d);
     (s, d)
@@ -417,7 +417,7 @@ async fn graceful_shutdown_finishes_transfers_in_flight() {
     let dht = Arc::new(FakeDht::default());
     let mut ls = listeners(29, 2).await;
     let layer = blob_bytes(400_000, 29);
-    let source = Arc::new(FakeContentSource::default());
+    let source = Arc::new(FakeContentStore::default());
     let digest = source.put(layer.clone());
     source.tag("example.com/test/app:v1", &digest);
     source.set_behaviour(Behaviour::Slow);

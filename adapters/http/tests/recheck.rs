@@ -13,7 +13,7 @@ use speil_http::server::ServerConfig;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_gone_without_an_event_is_withdrawn_by_the_core_recheck() {
-    let source = Arc::new(FakeContentSource::default());
+    let source = Arc::new(FakeContentStore::default());
     let blob = source.put(blob_bytes(1000, 7));
     source.tag("example.com/gc/app:v1", &blob);
     let dht = Arc::new(FakeDht::default());

@@ -24,7 +24,7 @@ fn manifest_json(config: &Digest, config_len: usize, layer: &Digest, layer_len: 
 }
 
 async fn fixture(net: u8, server: ServerConfig) -> Fixture {
-    let source = Arc::new(FakeContentSource::default());
+    let source = Arc::new(FakeContentStore::default());
     let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let config = source.put(config_bytes.clone());
     let layer_bytes = blob_bytes(200_000, 1);

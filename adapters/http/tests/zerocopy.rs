@@ -25,7 +25,7 @@ fn no_auth() -> ServerConfig {
 
 /// A node whose store holds one layer of `len` bytes, served from a file.
 async fn node_with_file_layer(net: u8, len: usize) -> (TestNode, Digest, Bytes) {
-    let source = Arc::new(FakeContentSource::default());
+    let source = Arc::new(FakeContentStore::default());
     let layer = blob_bytes(len, u64::from(net));
     let digest = source.put(layer.clone());
     source.tag("example.com/test/app:v1", &digest);
@@ -359,7 +359,7 @@ async fn clients_leaving_mid_file_leave_the_server_working() {
 async fn graceful_shutdown_finishes_a_sendfile_in_flight() {
     let len = 24 * 1024 * 1024;
     let mut ls = listeners(64, 2).await;
-    let source = Arc::new(FakeContentSource::default());
+    let source = Arc::new(FakeContentStore::default());
     let layer = blob_bytes(len, 64);
     let digest = source.put(layer.clone());
     source.set_behaviour(Behaviour::File);

@@ -17,12 +17,14 @@ use speil_core::mirror::MirrorConfig;
 use speil_core::node::{Node, NodeConfig};
 use speil_core::store::{ImageState, StoreEvent};
 use speil_core::{Digest, Key};
+use speil_driver::metrics::Metrics;
+use speil_driver::node as driver;
 use speil_driver::tokio::Tokio;
+use speil_driver::{BlobBody, ContentStore, Provider, Router, SourceError};
+use speil_driver::{DriverConfig, DriverHandle, Parts};
 use speil_http::Server;
-use speil_http::driver::{self, DriverConfig, DriverHandle, Parts};
-use speil_http::metrics::Metrics;
+use speil_http::client::PeerResponse;
 use speil_http::server::{RegistryService, ServerConfig};
-use speil_http::{BlobBody, ContentSource, Provider, Router, SourceError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -42,13 +44,13 @@ pub enum Behaviour {
 
 /// An in-memory content source.
 #[derive(Default)]
-pub struct FakeContentSource {
+pub struct FakeContentStore {
     tags: Mutex<BTreeMap<String, Digest>>,
     blobs: Mutex<BTreeMap<Digest, Bytes>>,
     behaviour: Mutex<Behaviour>,
 }
 
-impl FakeContentSource {
+impl FakeContentStore {
     pub fn put(&self, bytes: impl Into<Bytes>) -> Digest {
         let bytes = bytes.into();
         let d = Digest::sha256_of(&bytes);
@@ -87,7 +89,7 @@ impl FakeContentSource {
     }
 }
 
-impl ContentSource for FakeContentSource {
+impl ContentStore for FakeContentStore {
     fn resolve_tag<'a>(
         &'a self,
         image: &'a str,
@@ -277,8 +279,8 @@ impl Router<u32> for FakeRouter {
 /// A running node.
 pub struct TestNode {
     pub addr: SocketAddr,
-    pub source: Arc<FakeContentSource>,
-    pub handle: DriverHandle,
+    pub source: Arc<FakeContentStore>,
+    pub handle: DriverHandle<PeerResponse>,
     pub metrics: Arc<Metrics>,
     /// The registry server (its zero-copy counters).
     pub server: Server<Tokio>,
@@ -318,7 +320,7 @@ pub async fn start_node(
     me: u32,
     listener: TcpListener,
     dht: Arc<FakeDht>,
-    source: Arc<FakeContentSource>,
+    source: Arc<FakeContentStore>,
     server: ServerConfig,
 ) -> TestNode {
     start_node_with(me, listener, dht, source, server, |_| {}).await
@@ -329,7 +331,7 @@ pub async fn start_node_with(
     me: u32,
     listener: TcpListener,
     dht: Arc<FakeDht>,
-    source: Arc<FakeContentSource>,
+    source: Arc<FakeContentStore>,
     server: ServerConfig,
     tune: impl FnOnce(&mut NodeConfig<u32>),
 ) -> TestNode {
@@ -347,13 +349,16 @@ pub async fn start_node_with(
     let (handle, fut) = driver::start(Parts {
         node: Node::new(cfg),
         runtime: Tokio,
-        source: source.clone(),
+        store: source.clone(),
         router: Arc::new(FakeRouter { dht, me }),
+        client: Arc::new(speil_http::HyperPeers::new(
+            Tokio,
+            server.credentials.clone(),
+        )),
         store_events,
         metrics: metrics.clone(),
         config: DriverConfig {
             registry_port: addr.port(),
-            credentials: server.credentials.clone(),
         },
     });
     let driver_task = tokio::spawn(fut);

@@ -1,4 +1,8 @@
-//! What the runtime plugs in: the content store ([`ContentSource`]) and the DHT ([`Router`]).
+//! The ports: what the adapters plug into the driver — the content store ([`ContentStore`],
+//! containerd), the DHT ([`Router`], libp2p) and the peer client ([`PeerClient`], hyper).
+//!
+//! A port is mechanism only: it answers what it is asked, reports what happened, and never
+//! decides a timeout, a retry or a peer (the core does).
 
 use std::fmt;
 use std::fs::File;
@@ -6,8 +10,11 @@ use std::io;
 use std::net::IpAddr;
 
 use bytes::Bytes;
+use std::net::SocketAddr;
+
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use speil_core::mirror::{FetchFailure, FetchRange, FetchResponse};
 use speil_core::store::ImageState;
 use speil_core::{Digest, Key};
 
@@ -58,26 +65,40 @@ impl fmt::Debug for BlobBody {
 ///
 /// Implementations answer `Ok(None)` for content that is not there, and `Err` only when they
 /// cannot tell (the store is unreachable or a read failed).
-pub trait ContentSource: Send + Sync + 'static {
+pub trait ContentStore: Send + Sync + 'static {
     /// The digest an image name (`<registry>/<name>:<tag>`) points at.
     fn resolve_tag<'a>(
         &'a self,
         image: &'a str,
     ) -> BoxFuture<'a, Result<Option<Digest>, SourceError>>;
 
+    /// [`ContentStore::resolve_tag`] and the size of the content it points at: the answer
+    /// to the core's `StatLocal` for a tag. `None` when the tag or its content is absent.
+    fn stat_tag<'a>(
+        &'a self,
+        image: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(Digest, u64)>, SourceError>> {
+        Box::pin(async move {
+            let Some(digest) = self.resolve_tag(image).await? else {
+                return Ok(None);
+            };
+            Ok(self.size(&digest).await?.map(|size| (digest, size)))
+        })
+    }
+
     /// The size of a blob, `None` when the store does not hold it.
     fn size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, SourceError>>;
 
     /// The whole blob, for manifests. Callers only ask for blobs of at most
     /// [`MAX_MANIFEST_SIZE`](speil_core::manifest::MAX_MANIFEST_SIZE) bytes (they check
-    /// [`ContentSource::size`] first); an implementation refuses larger ones with an error.
+    /// [`ContentStore::size`] first); an implementation refuses larger ones with an error.
     fn read_manifest<'a>(
         &'a self,
         digest: &'a Digest,
     ) -> BoxFuture<'a, Result<Option<Bytes>, SourceError>>;
 
     /// Opens `len` bytes of a blob from `offset` (a range inside the blob, resolved by the
-    /// caller against [`ContentSource::size`]).
+    /// caller against [`ContentStore::size`]).
     fn open_blob<'a>(
         &'a self,
         digest: &'a Digest,
@@ -121,4 +142,36 @@ pub trait Router<P>: Send + Sync + 'static {
     fn peers(&self) -> Vec<String> {
         Vec::new()
     }
+}
+
+/// One request to a peer's registry, exactly as the core's `Fetch` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerRequest {
+    /// The peer's registry address.
+    pub addr: SocketAddr,
+    /// `GET` or `HEAD`.
+    pub method: http::Method,
+    /// The path and query to send.
+    pub path: String,
+    /// The range to ask for.
+    pub range: FetchRange,
+}
+
+/// The client that fetches from peers' registries.
+pub trait PeerClient: Send + Sync + 'static {
+    /// A peer's answer whose head has arrived; its body is read by whoever relays it.
+    type Response: Send + 'static;
+
+    /// Dials the peer, sends the request (with `X-Spegel-Mirrored: true` and the node's
+    /// credentials) and waits for the response head. `connected` is called once the
+    /// connection is up and the request is on its way. No timeout here: the core decides
+    /// when it took too long and the driver drops the future.
+    fn fetch(
+        &self,
+        request: PeerRequest,
+        connected: Box<dyn FnOnce() + Send>,
+    ) -> BoxFuture<'static, Result<(FetchResponse, Self::Response), FetchFailure>>;
+
+    /// The peer's registry address of a response, for logs.
+    fn describe(&self, response: &Self::Response) -> String;
 }

@@ -256,7 +256,9 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
     if let Some(addr) = &args.http_bootstrap_addr {
         // Bound as the registry is: `:PORT` on `[::]`, both families.
         let listener = bind("--http-bootstrap-addr", addr)?;
-        let listener = tokio::net::TcpListener::from_std(listener)
+        let listener = listener
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::TcpListener::from_std(listener))
             .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
         speil_p2p::tokio_rt::serve_id_on(listener, handle.clone())
             .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;

@@ -1,14 +1,34 @@
-//! `speil-smol`: the speil node on the smol runtime.
-//!
-//! The core and the HTTP, containerd and P2P adapters are runtime-neutral; this binary will
-//! supply smol's executor, an async-io TCP transport for libp2p and an async-io unix-socket
-//! channel for containerd. Until it does, it says so and fails rather than pretend to run.
+//! `speil-smol`: the node agent and its helper commands, on smol (async-executor and
+//! async-io). The same program as `speil`: only the runtime differs.
 
+use std::future::Future;
 use std::process::ExitCode;
 
+use speil_driver::smol::Smol;
+
+/// Runs speil on a smol executor with one thread per core (at least two), plus the calling
+/// thread.
+struct SmolLauncher;
+
+impl speil_app::Launcher for SmolLauncher {
+    type Runtime = Smol;
+
+    fn name(&self) -> &'static str {
+        "smol"
+    }
+
+    fn block_on<F, Fut>(self, main: F) -> std::io::Result<ExitCode>
+    where
+        F: FnOnce(Smol) -> Fut,
+        Fut: Future<Output = ExitCode> + 'static,
+    {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        let rt = Smol::new();
+        let main = main(rt.clone());
+        Ok(rt.block_on(threads, main))
+    }
+}
+
 fn main() -> ExitCode {
-    eprintln!(
-        "speil-smol: the smol runtime is not available in this build yet; use the `speil` binary (tokio)"
-    );
-    ExitCode::from(1)
+    speil_app::main(SmolLauncher)
 }

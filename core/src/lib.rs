@@ -78,6 +78,7 @@ pub mod error;
 pub mod filter;
 pub mod hosts;
 pub mod keys;
+pub mod limits;
 pub mod manifest;
 pub mod mirror;
 pub mod node;

@@ -20,8 +20,8 @@
 //!
 //! The API is `GET`/`HEAD` without request bodies, which keeps the loop small:
 //!
-//! - request heads are parsed with the pure `speil-h1` codec, at most [`MAX_BUF_SIZE`] bytes and
-//!   [`MAX_HEADERS`] header lines (else 431 with an OCI error, or 400 for a malformed head,
+//! - request heads are parsed with the pure `speil-h1` codec within the core's
+//!   [`ServerLimits`] (head bytes and header lines; else 431 with an OCI error, or 400 for a malformed head,
 //!   and the connection is closed); the service applies its own, smaller limits (16 KiB of
 //!   headers, 4 KiB of path) with OCI errors, as under hyper;
 //! - HTTP/1.1 keep-alive (unless `Connection: close`), HTTP/1.0 only with
@@ -63,12 +63,10 @@ use hyper::body::Body;
 use speil_core::error::OciError;
 use speil_core::request::HEADERS_MAX;
 
-use crate::body::{FileRegion, Region, ResponseBody};
-use crate::server::{MAX_BUF_SIZE, error_response};
+use crate::body::{FileRegion, ResponseBody};
+use crate::server::error_response;
 use crate::{BoxError, CHUNK_SIZE};
-
-/// Most header lines a request head may have (more: 431).
-pub const MAX_HEADERS: usize = 100;
+use speil_core::limits::ServerLimits;
 
 /// Most bytes one `sendfile` call is asked for.
 const SENDFILE_MAX: usize = 2 * 1024 * 1024;
@@ -79,13 +77,6 @@ const GATHER: usize = 128 * 1024;
 
 /// Most pieces in one vectored write.
 const MAX_IOVECS: usize = 64;
-
-/// How long a closing connection waits for the client to close its side (so that unread
-/// request bytes do not turn the close into a reset that could destroy the response).
-const LINGER: Duration = Duration::from_secs(1);
-
-/// Most bytes read and discarded while lingering.
-const LINGER_MAX: usize = 256 * 1024;
 
 /// What one server's zero-copy path sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -107,14 +98,21 @@ struct Counters {
 #[derive(Debug, Clone)]
 pub struct Server<R> {
     rt: R,
+    limits: ServerLimits,
     counters: Arc<Counters>,
 }
 
 impl<R: Runtime> Server<R> {
-    /// A server on `rt`.
+    /// A server on `rt` with the core's default limits.
     pub fn new(rt: R) -> Server<R> {
+        Server::with_limits(rt, ServerLimits::default())
+    }
+
+    /// A server on `rt` with these limits.
+    pub fn with_limits(rt: R, limits: ServerLimits) -> Server<R> {
         Server {
             rt,
+            limits,
             counters: Arc::default(),
         }
     }
@@ -175,6 +173,7 @@ impl<R: Runtime> Server<R> {
                         stream,
                         service.clone(),
                         stop_rx.clone(),
+                        self.limits,
                         self.counters.clone(),
                     );
                     let done = done_tx.clone();
@@ -225,11 +224,13 @@ async fn serve_connection<R: Runtime, S: Service>(
     stream: R::Tcp,
     service: S,
     mut stop: watch::Receiver<bool>,
+    limits: ServerLimits,
     counters: Arc<Counters>,
 ) {
     let mut conn = Conn {
         rt,
         stream,
+        limits,
         counters,
         buf: Vec::new(),
         filled: 0,
@@ -263,7 +264,7 @@ struct Head {
 
 /// Why a request head was refused.
 enum HeadError {
-    /// More than [`MAX_BUF_SIZE`] bytes or [`MAX_HEADERS`] lines.
+    /// More bytes or header lines than the limits allow.
     TooLarge(usize),
     /// Not HTTP/1.x.
     Malformed(String),
@@ -272,6 +273,7 @@ enum HeadError {
 struct Conn<R: Runtime> {
     rt: R,
     stream: R::Tcp,
+    limits: ServerLimits,
     counters: Arc<Counters>,
     /// Bytes read and not yet parsed are `buf[..filled]`.
     buf: Vec<u8>,
@@ -347,13 +349,13 @@ impl<R: Runtime> Conn<R> {
     ) -> io::Result<Option<Result<Head, HeadError>>> {
         loop {
             if self.filled > 0 {
-                match parse_head(&self.buf[..self.filled]) {
+                match parse_head(&self.buf[..self.filled], &self.limits) {
                     Ok(Some((head, n))) => {
                         self.buf.copy_within(n..self.filled, 0);
                         self.filled -= n;
                         return Ok(Some(Ok(head)));
                     }
-                    Ok(None) if self.filled >= MAX_BUF_SIZE => {
+                    Ok(None) if self.filled >= self.limits.max_head_bytes => {
                         return Ok(Some(Err(HeadError::TooLarge(self.filled))));
                     }
                     Ok(None) => {}
@@ -365,7 +367,7 @@ impl<R: Runtime> Conn<R> {
                 return Ok(None);
             }
             if self.filled == self.buf.len() {
-                let len = (self.buf.len() * 2).clamp(4096, MAX_BUF_SIZE);
+                let len = (self.buf.len() * 2).clamp(4096, self.limits.max_head_bytes);
                 self.buf.resize(len, 0);
             }
             let read = self.stream.read(&mut self.buf[self.filled..]);
@@ -453,13 +455,12 @@ impl<R: Runtime> Conn<R> {
                 return Ok(keep_alive);
             }
             Framing::Length(n) if n > 0 => {
-                if let Some(region) = parts.extensions.get::<FileRegion>()
+                if let Some(region) = parts.extensions.remove::<FileRegion>()
                     && region.bytes() == n
-                    && let Some(file) = region.take()
                 {
                     self.flush().await?;
                     self.counters.responses.fetch_add(1, Ordering::Relaxed);
-                    self.send_file(&file, region).await?;
+                    self.send_file(&region).await?;
                     // The body is dropped only now: the request's metrics end with the
                     // transfer.
                     drop(body);
@@ -587,42 +588,40 @@ impl<R: Runtime> Conn<R> {
     }
 
     /// Closes the connection after a last response: shuts down writing, then reads (and
-    /// drops) what the client still sends until it closes, for at most [`LINGER`].
+    /// drops) what the client still sends until it closes, for at most the limits' linger.
     async fn linger(&mut self) {
         if self.stream.close().await.is_err() {
             return;
         }
         let mut sink = [0u8; 4096];
         let mut drained = 0;
+        let linger_bytes = self.limits.linger_bytes;
         let stream = &mut self.stream;
         let drain = async move {
-            while drained < LINGER_MAX {
+            while drained < linger_bytes {
                 match stream.read(&mut sink).await {
                     Ok(0) | Err(_) => break,
                     Ok(n) => drained += n,
                 }
             }
         };
-        let timer = self.rt.sleep(LINGER);
+        let timer = self.rt.sleep(self.limits.linger);
         futures::pin_mut!(drain);
         let _ = futures::future::select(drain, timer).await;
     }
 
     /// Sends `file`'s region with `sendfile`, counting the bytes on `region`. On a file
     /// system that cannot `sendfile`, the rest of the region is read and written instead.
-    async fn send_file(&mut self, file: &Region, region: &FileRegion) -> io::Result<()> {
-        let mut offset = file.offset;
-        let end = file
+    async fn send_file(&mut self, region: &FileRegion) -> io::Result<()> {
+        let file = &region.file;
+        let mut offset = region.offset;
+        let end = region
             .offset
-            .checked_add(file.len)
+            .checked_add(region.bytes())
             .ok_or_else(|| io::Error::other("file region past the largest offset"))?;
         while offset < end {
             let count = usize::try_from(end - offset).map_or(SENDFILE_MAX, |n| n.min(SENDFILE_MAX));
-            match self
-                .rt
-                .sendfile(&self.stream, &file.file, offset, count)
-                .await
-            {
+            match self.rt.sendfile(&self.stream, file, offset, count).await {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -639,7 +638,7 @@ impl<R: Runtime> Conn<R> {
                 }
                 Err(e) if cannot_sendfile(&e) => {
                     tracing::debug!(error = %e, "sendfile unsupported here; copying");
-                    return copy_file(&mut self.stream, &file.file, offset, end, region).await;
+                    return copy_file(&mut self.stream, file, offset, end, region).await;
                 }
                 Err(e) => return Err(e),
             }
@@ -722,15 +721,15 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// The bounds of a request head, for the codec.
-const LIMITS: speil_h1::Limits = speil_h1::Limits {
-    max_head_bytes: MAX_BUF_SIZE,
-    max_headers: MAX_HEADERS,
-};
 
 /// Parses a request head from the start of `buf` with the h1 codec: `None` when it is not
 /// complete yet, else the head and its length.
-fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
-    match speil_h1::parse_request(buf, &LIMITS) {
+fn parse_head(buf: &[u8], limits: &ServerLimits) -> Result<Option<(Head, usize)>, HeadError> {
+    let limits = speil_h1::Limits {
+        max_head_bytes: limits.max_head_bytes,
+        max_headers: limits.max_headers,
+    };
+    match speil_h1::parse_request(buf, &limits) {
         Ok(speil_h1::Status::Complete((parts, n))) => Ok(Some((
             Head {
                 method: parts.method,
@@ -822,7 +821,7 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
         let file = std::fs::File::open(&path).unwrap();
         let _ = std::fs::remove_file(&path);
-        let region = FileRegion::for_tests(100_000);
+        let region = FileRegion::new(std::sync::Arc::new(file.try_clone().unwrap()), 0, 100_000);
         use tokio::io::AsyncReadExt as _;
         use tokio::net::TcpStream;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -862,23 +861,31 @@ mod tests {
 
     #[test]
     fn heads() {
-        let (head, n) = parse_head(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nGET")
-            .ok()
-            .flatten()
-            .expect("complete");
+        let (head, n) = parse_head(
+            b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\nGET",
+            &ServerLimits::default(),
+        )
+        .ok()
+        .flatten()
+        .expect("complete");
         assert_eq!(n, 30);
         assert_eq!(head.method, Method::GET);
         assert_eq!(head.uri.path(), "/v2/");
         assert_eq!(head.headers.get("host").unwrap(), "x");
-        assert!(matches!(parse_head(b"GET /v2/ HTTP/1.1\r\nHo"), Ok(None)));
         assert!(matches!(
-            parse_head(b"GET /v2/ HTTP/9.1\r\n\r\n"),
+            parse_head(b"GET /v2/ HTTP/1.1\r\nHo", &ServerLimits::default()),
+            Ok(None)
+        ));
+        assert!(matches!(
+            parse_head(b"GET /v2/ HTTP/9.1\r\n\r\n", &ServerLimits::default()),
             Err(HeadError::Malformed(_))
         ));
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("h{i}: v\r\n")).collect();
+        let many: String = (0..=ServerLimits::default().max_headers)
+            .map(|i| format!("h{i}: v\r\n"))
+            .collect();
         let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert!(matches!(
-            parse_head(req.as_bytes()),
+            parse_head(req.as_bytes(), &ServerLimits::default()),
             Err(HeadError::TooLarge(_))
         ));
     }

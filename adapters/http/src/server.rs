@@ -20,7 +20,7 @@ use speil_core::Digest;
 use speil_core::error::OciError;
 use speil_core::manifest;
 use speil_core::range::ResolvedRange;
-use speil_core::request::{ContentRequest, HEADERS_MAX, RegistryRequest, Target, parse_request};
+use speil_core::request::{ContentRequest, RegistryRequest, Target, parse_request};
 use speil_driver::metrics::{HandlerLabel, HttpLabels};
 use speil_driver::{ContentStore, Decision, DriverHandle, Shared};
 
@@ -29,11 +29,6 @@ use crate::auth::Credentials;
 use crate::body::{self, ResponseBody};
 use crate::client::{self, DOCKER_CONTENT_DIGEST, OCI_NAMESPACE, PeerResponse, number_value};
 use crate::pipe::{Pipe, RelayParts};
-
-/// The read buffer of a server connection: a request whose head is larger is refused before
-/// it is parsed; heads between [`HEADERS_MAX`] and this size are refused by the parser with
-/// an OCI error.
-pub const MAX_BUF_SIZE: usize = 2 * HEADERS_MAX;
 
 /// Where basic-auth credentials come from.
 #[derive(Debug, Clone)]

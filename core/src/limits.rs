@@ -1,0 +1,33 @@
+//! The limits of the node's servers, as values the core owns (SPEC.md §9): the adapters
+//! enforce them and never choose their own.
+
+use std::time::Duration;
+
+use crate::request::HEADERS_MAX;
+
+/// What one HTTP/1.1 server connection may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Most bytes of a request head; a larger head is refused with 431 before it is parsed
+    /// (heads between [`HEADERS_MAX`] and this size are refused by the request parser with an
+    /// OCI error).
+    pub max_head_bytes: usize,
+    /// Most header lines of a request head (more: 431).
+    pub max_headers: usize,
+    /// How long a closing connection waits for the client to close its side, so that unread
+    /// request bytes do not turn the close into a reset that could destroy the response.
+    pub linger: Duration,
+    /// Most bytes read and discarded while lingering.
+    pub linger_bytes: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_head_bytes: 2 * HEADERS_MAX,
+            max_headers: 100,
+            linger: Duration::from_secs(1),
+            linger_bytes: 256 * 1024,
+        }
+    }
+}

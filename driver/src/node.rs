@@ -25,7 +25,7 @@ use futures::future::{AbortHandle, Abortable, BoxFuture, FutureExt};
 use futures::stream::{BoxStream, StreamExt};
 use speil_core::digest::Digest;
 use speil_core::error::OciError;
-use speil_core::mirror::{FetchFailure, FetchId, FetchResponse, LookupId, RequestId};
+use speil_core::mirror::{FetchId, FetchResponse, LookupId, RequestId};
 use speil_core::node::{Input, Local, Node, Output, StatTarget};
 use speil_core::range::ResolvedRange;
 use speil_core::request::ContentRequest;
@@ -33,7 +33,7 @@ use speil_core::store::{ImageState, StoreEvent};
 use speil_core::{FailReason, Key};
 
 use crate::metrics::{Metrics, RouterLabel};
-use crate::ports::{ContentStore, PeerClient, PeerRequest, Provider, Router};
+use crate::ports::{ContentStore, PeerClient, PeerRequest, Router};
 use crate::runtime::{Runtime, Timer};
 
 /// How the driver reaches peers.
@@ -377,32 +377,15 @@ where
     (handle, fut)
 }
 
-/// A report of a task the driver started.
+/// A report of a task the driver started: a fact for the node, or a peer's response (whose
+/// facts go to the node while the driver keeps the response itself).
 enum Event<P, B> {
-    LocalAnswered {
-        request: RequestId,
-        local: Local,
-    },
-    Providers {
-        lookup: LookupId,
-        providers: Vec<Provider<P>>,
-    },
-    LookupFinished {
-        lookup: LookupId,
-    },
-    FetchConnected {
-        fetch: FetchId,
-    },
-    FetchFailed {
-        fetch: FetchId,
-        why: FetchFailure,
-    },
+    Input(Input<P>),
     FetchResponded {
         fetch: FetchId,
         facts: FetchResponse,
         response: B,
     },
-    Store(StoreEvent),
 }
 
 /// What woke the driver up.
@@ -516,7 +499,7 @@ where
                 }
                 Step::Pipe(Some((request, ev))) => self.handle_pipe(request, ev),
                 Step::Event(Some(ev)) => self.handle_event(ev),
-                Step::Store(Some(ev)) => self.handle_event(Event::Store(ev)),
+                Step::Store(Some(ev)) => self.handle_event(Event::Input(Input::Store(ev))),
                 Step::Client(Some(msg)) => self.handle_client(msg),
                 Step::Client(None) => break,
                 Step::Pipe(None) | Step::Event(None) | Step::Store(None) => {}
@@ -594,30 +577,23 @@ where
 
     fn handle_event(&mut self, ev: Event<P, C::Response>) {
         match ev {
-            Event::LocalAnswered { request, local } => {
-                self.input(Input::LocalAnswered { request, local });
-            }
-            Event::Providers { lookup, providers } => {
-                let port = self.config.registry_port;
-                let providers = providers
-                    .into_iter()
-                    .filter(|p| !p.ips.is_empty())
-                    .map(|p| {
-                        let addrs = p.ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
-                        (p.peer, addrs)
-                    })
-                    .collect();
-                self.input(Input::Providers { lookup, providers });
-            }
-            Event::LookupFinished { lookup } => {
-                self.lookups.remove(&lookup);
-                self.input(Input::LookupFinished { lookup });
-            }
-            Event::FetchConnected { fetch } => self.input(Input::FetchConnected { fetch }),
-            Event::FetchFailed { fetch, why } => {
-                self.fetches.remove(&fetch);
-                tracing::debug!(?fetch, ?why, "fetch failed");
-                self.input(Input::FetchFailed { fetch, why });
+            Event::Input(input) => {
+                // The handles of what ended.
+                match &input {
+                    Input::LookupFinished { lookup } => {
+                        self.lookups.remove(lookup);
+                    }
+                    Input::FetchFailed { fetch, why } => {
+                        self.fetches.remove(fetch);
+                        tracing::debug!(?fetch, ?why, "fetch failed");
+                    }
+                    _ => {}
+                }
+                let store_changed = matches!(input, Input::Store(_));
+                self.input(input);
+                if store_changed {
+                    self.store_changed();
+                }
             }
             Event::FetchResponded {
                 fetch,
@@ -633,10 +609,6 @@ where
                 });
                 // A response the node did not pick is dropped (its connection closes).
                 self.responded.remove(&fetch);
-            }
-            Event::Store(ev) => {
-                self.input(Input::Store(ev));
-                self.store_changed();
             }
         }
     }
@@ -800,8 +772,8 @@ where
                     async move {
                         match store.snapshot().await {
                             Ok(images) => {
-                                let _ = events
-                                    .unbounded_send(Event::Store(StoreEvent::Snapshot(images)));
+                                let snapshot = Input::Store(StoreEvent::Snapshot(images));
+                                let _ = events.unbounded_send(Event::Input(snapshot));
                             }
                             Err(e) => tracing::warn!(error = %e, "store re-check failed"),
                         }
@@ -834,7 +806,8 @@ where
                         Local::Unknown
                     }
                 };
-                let _ = events.unbounded_send(Event::LocalAnswered { request, local });
+                let _ =
+                    events.unbounded_send(Event::Input(Input::LocalAnswered { request, local }));
             }
             .boxed(),
         );
@@ -849,6 +822,7 @@ where
         };
         let (abort, reg) = AbortHandle::new_pair();
         let rt = self.rt.clone();
+        let port = self.config.registry_port;
         let task = async move {
             let started = rt.now();
             let mut observed = false;
@@ -863,15 +837,19 @@ where
                     observed = true;
                     observe(&rt);
                 }
-                let _ = events.unbounded_send(Event::Providers {
+                if p.ips.is_empty() {
+                    continue;
+                }
+                let addrs = p.ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect();
+                let _ = events.unbounded_send(Event::Input(Input::Providers {
                     lookup: id,
-                    providers: vec![p],
-                });
+                    providers: vec![(p.peer, addrs)],
+                }));
             }
             if !observed {
                 observe(&rt);
             }
-            let _ = events.unbounded_send(Event::LookupFinished { lookup: id });
+            let _ = events.unbounded_send(Event::Input(Input::LookupFinished { lookup: id }));
         };
         self.lookups.insert(id, abort);
         self.rt.spawn(Abortable::new(task, reg).map(|_| ()).boxed());
@@ -882,7 +860,7 @@ where
         let connected = {
             let events = events.clone();
             Box::new(move || {
-                let _ = events.unbounded_send(Event::FetchConnected { fetch: id });
+                let _ = events.unbounded_send(Event::Input(Input::FetchConnected { fetch: id }));
             })
         };
         let fetch = self.client.fetch(request, connected);
@@ -894,7 +872,7 @@ where
                     facts,
                     response,
                 },
-                Err(why) => Event::FetchFailed { fetch: id, why },
+                Err(why) => Event::Input(Input::FetchFailed { fetch: id, why }),
             };
             let _ = events.unbounded_send(ev);
         };

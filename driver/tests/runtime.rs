@@ -76,7 +76,11 @@ async fn check_timer<R: Runtime>(rt: R) {
     assert!(polled.is_pending());
     timer.reset(t2 + Duration::from_millis(250));
     timer.await;
-    assert_between("reset while waited", t2.elapsed(), Duration::from_millis(250));
+    assert_between(
+        "reset while waited",
+        t2.elapsed(),
+        Duration::from_millis(250),
+    );
 
     // In the past: at once.
     let t3 = rt.now();
@@ -103,8 +107,14 @@ async fn check_tcp_round_trip<R: Runtime>(rt: R) {
     let (mut server, remote) = accepted.unwrap();
     let mut client = connected.unwrap();
     assert_eq!(remote, local_addr(&client));
-    assert!(rustix::net::sockopt::tcp_nodelay(&server).unwrap(), "accepted");
-    assert!(rustix::net::sockopt::tcp_nodelay(&client).unwrap(), "connected");
+    assert!(
+        rustix::net::sockopt::tcp_nodelay(&server).unwrap(),
+        "accepted"
+    );
+    assert!(
+        rustix::net::sockopt::tcp_nodelay(&client).unwrap(),
+        "connected"
+    );
 
     let request = b"GET /v2/ HTTP/1.1\r\n\r\n".repeat(1000);
     let (sent, received) = futures::join!(
@@ -230,7 +240,11 @@ async fn check_connect_unix<R: Runtime>(rt: R) {
     let reply = rt.spawn_blocking(move || server.join()).await.unwrap();
     assert_eq!(&reply.unwrap(), b"pong");
 
-    assert!(rt.connect_unix(&dir.path().join("nope.sock")).await.is_err());
+    assert!(
+        rt.connect_unix(&dir.path().join("nope.sock"))
+            .await
+            .is_err()
+    );
 }
 
 /// `spawn` runs a task in the background; `spawn_blocking` runs a closure on another thread

@@ -21,6 +21,7 @@ use speil_core::mirror::MirrorConfig;
 use speil_core::node::{Node, NodeConfig};
 use speil_core::store::ImageState;
 use speil_core::{Digest, Key};
+use speil_driver::tokio::Tokio;
 use speil_http::driver::{self, DriverConfig, Parts};
 use speil_http::metrics::Metrics;
 use speil_http::server::{RegistryService, ServerConfig};
@@ -39,6 +40,9 @@ const BASIC_AUTH_DIR: &str = "/etc/secrets/basic-auth";
 
 /// The full store re-check interval (SPEC.md §4).
 const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How long one HTTP bootstrap `/id` exchange may take.
+const ID_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A start-up failure: exit code and one line.
 struct Fatal(u8, String);
@@ -157,7 +161,8 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
                 router_addrs.iter().map(SocketAddr::ip).collect()
             };
             Arc::new(
-                DnsBootstrap::new(domain, router_port, Arc::new(SystemResolver)).excluding(&own),
+                DnsBootstrap::new(domain, router_port, Arc::new(SystemResolver::new(Tokio)))
+                    .excluding(&own),
             )
         }
         BootstrapKind::Http => {
@@ -169,8 +174,8 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
             Arc::new(
                 HttpBootstrap::new(
                     url,
-                    Arc::new(SystemResolver),
-                    speil_p2p::tokio_rt::connector(),
+                    Arc::new(SystemResolver::new(Tokio)),
+                    speil_p2p::connector(Tokio),
                 )
                 .map_err(|e| usage(format!("--http-bootstrap-url: {e}")))?,
             )
@@ -244,12 +249,12 @@ async fn start(args: RegistryArgs) -> Result<ExitCode, Fatal> {
         );
     }
     let handle =
-        speil_p2p::tokio_rt::start(p2p).map_err(|e| failure(format!("--router-addr: {e}")))?;
+        speil_p2p::start(Tokio, p2p).map_err(|e| failure(format!("--router-addr: {e}")))?;
     let peer_id = handle.local_peer_id();
     if let Some(addr) = &args.http_bootstrap_addr {
         // Bound as the registry is: `:PORT` on `[::]`, both families.
         let listener = bind("--http-bootstrap-addr", addr).await?;
-        speil_p2p::tokio_rt::serve_id_on(listener, handle.clone())
+        speil_p2p::serve_id_on(Tokio, listener, handle.clone(), ID_EXCHANGE_TIMEOUT)
             .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
     }
 

@@ -44,6 +44,9 @@ const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
 /// How long SIGTERM waits for transfers in flight before the process exits anyway.
 const DRAIN_BUDGET: Duration = Duration::from_secs(60);
 
+/// How long one HTTP bootstrap `/id` exchange may take.
+const ID_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A start-up failure: exit code and one line.
 struct Fatal(u8, String);
 
@@ -163,7 +166,8 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
                 router_addrs.iter().map(SocketAddr::ip).collect()
             };
             Arc::new(
-                DnsBootstrap::new(domain, router_port, Arc::new(SystemResolver)).excluding(&own),
+                DnsBootstrap::new(domain, router_port, Arc::new(SystemResolver::new(rt.clone())))
+                    .excluding(&own),
             )
         }
         BootstrapKind::Http => {
@@ -175,8 +179,8 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
             Arc::new(
                 HttpBootstrap::new(
                     url,
-                    Arc::new(SystemResolver),
-                    speil_p2p::tokio_rt::connector(),
+                    Arc::new(SystemResolver::new(rt.clone())),
+                    speil_p2p::connector(rt.clone()),
                 )
                 .map_err(|e| usage(format!("--http-bootstrap-url: {e}")))?,
             )
@@ -251,16 +255,15 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         );
     }
     let handle =
-        speil_p2p::tokio_rt::start(p2p).map_err(|e| failure(format!("--router-addr: {e}")))?;
+        speil_p2p::start(rt.clone(), p2p).map_err(|e| failure(format!("--router-addr: {e}")))?;
     let peer_id = handle.local_peer_id();
     if let Some(addr) = &args.http_bootstrap_addr {
         // Bound as the registry is: `:PORT` on `[::]`, both families.
         let listener = bind("--http-bootstrap-addr", addr)?;
-        let listener = listener
-            .set_nonblocking(true)
-            .and_then(|()| tokio::net::TcpListener::from_std(listener))
+        let listener = rt
+            .listen(listener)
             .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
-        speil_p2p::tokio_rt::serve_id_on(listener, handle.clone())
+        speil_p2p::serve_id_on(rt.clone(), listener, handle.clone(), ID_EXCHANGE_TIMEOUT)
             .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
     }
 

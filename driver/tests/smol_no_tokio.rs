@@ -57,14 +57,26 @@ fn smol_tasks_run_without_tokio() {
     // On an executor thread, or on the thread in `block_on` (it runs tasks too).
     let caller = std::thread::current().name().map(str::to_owned);
     assert!(
-        thread.as_deref().is_some_and(|t| t.starts_with("speil-smol-")) || thread == caller,
+        thread
+            .as_deref()
+            .is_some_and(|t| t.starts_with("speil-smol-"))
+            || thread == caller,
         "the task ran on {thread:?}"
     );
-    assert!(names.iter().any(|n| n == "speil-smol-0"), "threads: {names:?}");
-    assert!(names.iter().any(|n| n == "speil-smol-1"), "threads: {names:?}");
+    assert!(
+        names.iter().any(|n| n == "speil-smol-0"),
+        "threads: {names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == "speil-smol-1"),
+        "threads: {names:?}"
+    );
     assert!(
         !names.iter().any(|n| n.starts_with("tokio-runtime-w")),
         "threads: {names:?}"
     );
-    assert!(!names.iter().any(|n| n.starts_with("tokio")), "threads: {names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("tokio")),
+        "threads: {names:?}"
+    );
 }

@@ -83,7 +83,7 @@ async fn run(nodes_n: usize, keys_per_node: usize, lookups: usize) {
                 StaticBootstrap::new(&[seed_addr.clone()]).expect("seed address"),
             ));
         }
-        let node = speil_p2p::tokio_rt::start(config).expect("node starts");
+        let node = speil_p2p::start(speil_driver::tokio::Tokio, config).expect("node starts");
         if i == 0 {
             assert!(wait_until(Duration::from_secs(5), || !node.listen_addrs().is_empty()).await);
             seed_addr = format!("{}/p2p/{}", node.listen_addrs()[0], node.local_peer_id());

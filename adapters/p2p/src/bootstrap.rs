@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use futures::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, FutureExt as _};
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
+use speil_driver::Runtime;
 
 use crate::addr::{peer_id_of, tcp_multiaddr, without_peer_id};
 
@@ -91,29 +92,39 @@ pub trait Connector: Send + Sync + 'static {
     fn connect(&self, addr: SocketAddr) -> BoxFuture<'static, io::Result<Box<dyn ByteStream>>>;
 }
 
-/// The system resolver (`getaddrinfo`), run on a short-lived thread so that no runtime is
-/// blocked and none is required.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemResolver;
+/// The system resolver (`getaddrinfo`, which blocks), run with the runtime's
+/// [`Runtime::spawn_blocking`] so that no task waits on it.
+#[derive(Clone)]
+pub struct SystemResolver<R> {
+    rt: R,
+}
 
-impl Resolver for SystemResolver {
+impl<R: Runtime> SystemResolver<R> {
+    /// Resolves on `rt`'s blocking threads.
+    pub fn new(rt: R) -> Self {
+        SystemResolver { rt }
+    }
+}
+
+impl<R: Runtime> std::fmt::Debug for SystemResolver<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemResolver")
+            .field("runtime", &self.rt.name())
+            .finish()
+    }
+}
+
+impl<R: Runtime> Resolver for SystemResolver<R> {
     fn resolve(&self, name: &str) -> BoxFuture<'static, io::Result<Vec<IpAddr>>> {
         let name = name.to_owned();
-        let (tx, rx) = futures::channel::oneshot::channel();
-        let spawned = std::thread::Builder::new()
-            .name("speil-resolve".into())
-            .spawn(move || {
-                let result = (name.as_str(), 0)
+        self.rt
+            .spawn_blocking(move || {
+                (name.as_str(), 0)
                     .to_socket_addrs()
-                    .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>());
-                let _ = tx.send(result);
-            });
-        async move {
-            spawned?;
-            rx.await
-                .map_err(|_| io::Error::other("resolver thread ended without an answer"))?
-        }
-        .boxed()
+                    .map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>())
+            })
+            .map(|resolved| resolved.and_then(|result| result))
+            .boxed()
     }
 }
 

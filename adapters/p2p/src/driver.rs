@@ -12,13 +12,13 @@ use futures::channel::mpsc;
 use futures::future::{BoxFuture, Either};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
-use futures_timer::Delay;
 use libp2p::core::transport::ListenerId;
 use libp2p::kad;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore as _};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
-use libp2p::swarm::{self, DialError, Executor, SwarmEvent};
+use libp2p::swarm::{self, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify};
+use speil_driver::{Runtime, RuntimeExt as _, Timer as _};
 
 use crate::addr::{ip_of, is_advertisable, provider_ips, tcp_multiaddr};
 use crate::behaviour::{Behaviour, BehaviourEvent, ListenFilter};
@@ -33,12 +33,14 @@ const POLL_BUDGET: usize = 64;
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Builds the swarm on `transport`, starts listening, and returns the handle and the driver
-/// future. The caller spawns the future on its runtime; `executor` runs connection tasks.
-/// The driver ends on [`Handle::shutdown`] or when every handle is dropped.
-pub fn start(
+/// future. The caller spawns the future on `rt`, which also runs the connection tasks and
+/// supplies the driver's timers ([`crate::start`] does all of it with the TCP transport).
+/// Must be called where `rt` can be used (inside the tokio runtime, for tokio). The driver
+/// ends on [`Handle::shutdown`] or when every handle is dropped.
+pub fn start_with_transport<R: Runtime>(
+    rt: R,
     config: Config,
     transport: BoxedTransport,
-    executor: impl Executor + Send + 'static,
 ) -> Result<(Handle, impl Future<Output = ()> + Send + 'static), Error> {
     let peer_id = config.keypair.public().to_peer_id();
 
@@ -70,7 +72,7 @@ pub fn start(
         transport,
         behaviour,
         peer_id,
-        swarm::Config::with_executor(executor)
+        swarm::Config::with_executor(crate::RuntimeExecutor(rt.clone()))
             .with_idle_connection_timeout(config.idle_connection_timeout),
     );
     let wildcard = listen_all(&mut swarm, &config.listen)?;
@@ -101,7 +103,8 @@ pub fn start(
         bootstrap_timeout: config.bootstrap_timeout,
         bootstrapping: None,
         backoff: config.rebootstrap_backoff.clone(),
-        timer: Delay::new(Duration::ZERO),
+        timer: rt.timer(rt.now()),
+        rt,
         routing_table_size: 0,
         republish_after_bootstrap: false,
         dirty: true,
@@ -174,7 +177,8 @@ struct LookupState {
 
 type BootstrapResult = Result<Vec<BootstrapPeer>, BootstrapError>;
 
-struct Driver {
+struct Driver<R: Runtime> {
+    rt: R,
     swarm: Swarm<Behaviour>,
     commands: mpsc::UnboundedReceiver<Command>,
     shared: Arc<Mutex<Shared>>,
@@ -194,7 +198,8 @@ struct Driver {
     bootstrap_timeout: Duration,
     bootstrapping: Option<BoxFuture<'static, BootstrapResult>>,
     backoff: speil_core::backoff::Backoff,
-    timer: Delay,
+    /// The next routing table check (or re-bootstrap).
+    timer: R::Timer,
     routing_table_size: usize,
     republish_after_bootstrap: bool,
     /// Whether connections or the routing table changed since the state was last published.
@@ -207,7 +212,7 @@ fn record_key(key: &speil_core::Key) -> kad::RecordKey {
     kad::RecordKey::new(&key.multihash())
 }
 
-impl Driver {
+impl<R: Runtime> Driver<R> {
     fn kad(&mut self) -> &mut kad::Behaviour<MemoryStore> {
         &mut self.swarm.behaviour_mut().kad.inner
     }
@@ -634,7 +639,7 @@ impl Driver {
             self.backoff.reset();
             CHECK_INTERVAL
         };
-        self.timer = Delay::new(next);
+        self.timer.reset(self.rt.now() + next);
     }
 
     fn start_bootstrap(&mut self) {
@@ -646,9 +651,10 @@ impl Driver {
         };
         let timeout = self.bootstrap_timeout;
         let peers = bootstrap.peers();
+        let timer = self.rt.sleep(timeout);
         self.bootstrapping = Some(
             async move {
-                match futures::future::select(peers, Delay::new(timeout)).await {
+                match futures::future::select(peers, timer).await {
                     Either::Left((result, _)) => result,
                     Either::Right(_) => Err(BootstrapError::Io {
                         what: "bootstrap".to_owned(),
@@ -713,7 +719,7 @@ impl Driver {
         if size != self.routing_table_size {
             if size == 0 {
                 self.backoff.reset();
-                self.timer = Delay::new(Duration::ZERO);
+                self.timer.reset(self.rt.now());
             } else if self.routing_table_size == 0 {
                 // Fill the routing table, then republish what was advertised meanwhile.
                 self.republish_after_bootstrap = self.kad().bootstrap().is_ok();

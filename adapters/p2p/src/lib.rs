@@ -12,18 +12,29 @@
 //!
 //! # Runtimes
 //!
-//! Everything here is runtime-free except the raw TCP transport and the executor that runs
-//! connection tasks. [`start`] takes both; [`tokio_rt`] (feature `tokio`) supplies them for tokio
-//! and also serves the HTTP bootstrap `/id`. A smol build passes an async-io TCP transport and a
-//! smol executor to [`start`] and spawns the returned driver future on smol. Timers use
-//! `futures-timer`, which needs no runtime.
+//! The node runs on any [`speil_driver::Runtime`], passed by value: [`start`]`(rt, config)` on
+//! `speil_driver::tokio::Tokio` in the tokio build, on `speil_driver::smol::Smol` in the smol
+//! build, the same code on both. The runtime supplies everything the node needs from one:
+//! - the raw TCP transport, [`TcpTransport`] (std sockets taken in with `Runtime::listen`,
+//!   dials with `Runtime::connect`; the same listen and advertise behaviour as `libp2p-tcp`,
+//!   see [`tcp`]), upgraded as [`transport::upgrade`] does;
+//! - the executor of libp2p's connection tasks, and the spawned driver;
+//! - the driver's timers (routing table checks, re-bootstrap backoff, bootstrap timeout);
+//! - the bootstrap's TCP connections ([`connector`]) and name resolution
+//!   ([`bootstrap::SystemResolver`], `getaddrinfo` through `Runtime::spawn_blocking`);
+//! - the HTTP bootstrap `/id` server ([`serve_id`], [`serve_id_on`]).
+//!
+//! Nothing here names a runtime. (libp2p's own timers inside Kademlia, identify and the swarm
+//! are `futures-timer`'s, which needs no runtime.) [`start_with_transport`] builds a node on
+//! another transport, e.g. an in-memory one, and returns the driver future to spawn.
 //!
 //! # Addresses
 //!
 //! A node listens on every address of [`Config::listen`]; `--router-addr :5001` is
-//! [`dual_stack`]`(5001)`, `0.0.0.0:5001` and `[::]:5001` (libp2p's IPv6 sockets are IPv6-only,
-//! so each family has its own listener). A family the host does not have is skipped with a
-//! warning; start-up fails only when no address can be listened on, or a specific IP cannot.
+//! [`dual_stack`]`(5001)`, `0.0.0.0:5001` and `[::]:5001` (the transport's IPv6 sockets are
+//! IPv6-only, as `libp2p-tcp`'s are, so each family has its own listener). A family the host
+//! does not have is skipped with a warning; start-up fails only when no address can be
+//! listened on, or a specific IP cannot.
 //!
 //! What a node advertises (identify, its provider records, `/id`) follows the listen addresses:
 //! a specific IP is advertised even if it is loopback (one-machine test clusters on
@@ -39,8 +50,8 @@ mod behaviour;
 pub mod bootstrap;
 mod driver;
 pub mod identity;
-#[cfg(feature = "tokio")]
-pub mod tokio_rt;
+mod runtime;
+pub mod tcp;
 pub mod transport;
 
 use std::collections::BTreeMap;
@@ -56,11 +67,12 @@ use speil_core::Key;
 
 pub use addr::{dual_stack, host_port, ip_of, is_advertisable, peer_id_of, tcp_multiaddr};
 pub use bootstrap::{Bootstrap, BootstrapPeer};
-pub use driver::start;
+pub use driver::start_with_transport;
 pub use libp2p::identity::Keypair;
 pub use libp2p::pnet::PreSharedKey;
-pub use libp2p::swarm::Executor;
 pub use libp2p::{Multiaddr, PeerId};
+pub use runtime::{RuntimeConnector, RuntimeExecutor, connector, serve_id, serve_id_on, start};
+pub use tcp::TcpTransport;
 pub use transport::BoxedTransport;
 
 /// The Kademlia protocol name Spegel uses.

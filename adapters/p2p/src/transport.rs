@@ -1,9 +1,9 @@
 //! Transport assembly: any TCP transport, upgraded with the optional pre-shared key, noise and
 //! yamux.
 //!
-//! Only the raw TCP transport depends on the runtime (`libp2p::tcp::tokio` for the tokio build,
-//! an async-io transport for the smol build); everything above it is runtime-free, so each
-//! runtime passes its TCP transport to [`upgrade`].
+//! Only the raw TCP transport touches the runtime ([`crate::TcpTransport`], on any
+//! [`speil_driver::Runtime`]); everything above it is runtime-free, so [`upgrade`] takes any
+//! raw transport.
 
 use std::time::Duration;
 

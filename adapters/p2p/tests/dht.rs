@@ -5,23 +5,34 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use speil_driver::{Runtime, RuntimeExt as _};
 use speil_p2p::Handle;
+
+// Each test below, on tokio and on smol.
+on_every_runtime!(
+    ten_nodes_find_each_others_providers,
+    withdrawn_key_expires_while_advertised_key_is_republished,
+    lookup_cancel_and_stop,
+    advertised_addresses_follow_the_listen_address,
+    dual_stack_listens_on_both_families,
+    specific_ipv4_and_ipv6_addresses_are_advertised_and_dialled,
+    one_family_missing_is_not_fatal_but_a_specific_ip_is,
+);
 
 /// Ten nodes; each advertises one key; every node finds the provider of another node's key,
 /// with that node's IP, and never itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_nodes_find_each_others_providers() {
-    let (first, first_addr) = start(config(101, 0)).await;
+async fn ten_nodes_find_each_others_providers<R: Runtime>(rt: R) {
+    let (first, first_addr) = start(&rt, config(101, 0)).await;
     let mut nodes: Vec<(Handle, u8)> = vec![(first.clone(), 101)];
     for i in 1..10u8 {
         let mut cfg = config(101 + i, 0);
         cfg.bootstrap = Some(static_to(&first, &first_addr));
-        let (node, _) = start(cfg).await;
+        let (node, _) = start(&rt, cfg).await;
         nodes.push((node, 101 + i));
     }
     for (node, last) in &nodes {
         assert!(
-            wait_until(Duration::from_secs(20), || node.is_ready()).await,
+            wait_until(&rt, Duration::from_secs(20), || node.is_ready()).await,
             "node 127.0.0.{last} not ready"
         );
     }
@@ -31,7 +42,7 @@ async fn ten_nodes_find_each_others_providers() {
     for (i, (node, _)) in nodes.iter().enumerate() {
         let j = (i + 3) % nodes.len();
         let (provider_node, provider_last) = &nodes[j];
-        let found = find_provider(node, &key(j), Duration::from_secs(20))
+        let found = find_provider(&rt, node, &key(j), Duration::from_secs(20))
             .await
             .unwrap_or_else(|| panic!("node {i} did not find the provider of key {j}"));
         assert_eq!(
@@ -43,13 +54,13 @@ async fn ten_nodes_find_each_others_providers() {
     }
     // The provider's own lookup never yields itself.
     let (own, _) = &nodes[4];
-    let mine = lookup_all(own, &key(4), 3, Duration::from_secs(10)).await;
+    let mine = lookup_all(&rt, own, &key(4), 3, Duration::from_secs(10)).await;
     assert!(
         mine.iter().all(|p| p.peer != own.local_peer_id()),
         "{mine:?}"
     );
     // A key nobody advertised yields nothing, and the stream ends.
-    let none = lookup_all(&nodes[0].0, &key(999), 3, Duration::from_secs(15)).await;
+    let none = lookup_all(&rt, &nodes[0].0, &key(999), 3, Duration::from_secs(15)).await;
     assert!(none.is_empty(), "{none:?}");
     // The debug snapshot shows peers with their advertised addresses.
     let peers = nodes[0].0.peers();
@@ -63,8 +74,7 @@ async fn ten_nodes_find_each_others_providers() {
 
 /// A withdrawn key stops being found once its records expire; a key still advertised is
 /// republished and stays found past the record TTL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn withdrawn_key_expires_while_advertised_key_is_republished() {
+async fn withdrawn_key_expires_while_advertised_key_is_republished<R: Runtime>(rt: R) {
     let ttl = Duration::from_secs(3);
     let short = |last| {
         let mut cfg = config(last, 0);
@@ -72,15 +82,15 @@ async fn withdrawn_key_expires_while_advertised_key_is_republished() {
         cfg.provider_publication_interval = Duration::from_secs(1);
         cfg
     };
-    let (a, a_addr) = start(short(111)).await;
+    let (a, a_addr) = start(&rt, short(111)).await;
     let mut nodes = vec![a.clone()];
     for last in 112..115 {
         let mut cfg = short(last);
         cfg.bootstrap = Some(static_to(&a, &a_addr));
-        nodes.push(start(cfg).await.0);
+        nodes.push(start(&rt, cfg).await.0);
     }
     for node in &nodes {
-        assert!(wait_until(Duration::from_secs(20), || node.is_ready()).await);
+        assert!(wait_until(&rt, Duration::from_secs(20), || node.is_ready()).await);
     }
     let provider = &nodes[1];
     let seeker = &nodes[3];
@@ -89,7 +99,7 @@ async fn withdrawn_key_expires_while_advertised_key_is_republished() {
         .advertise(vec![gone.clone(), kept.clone()])
         .unwrap();
     for k in [&gone, &kept] {
-        let found = find_provider(seeker, k, Duration::from_secs(15)).await;
+        let found = find_provider(&rt, seeker, k, Duration::from_secs(15)).await;
         assert_eq!(found.map(|p| p.peer), Some(provider.local_peer_id()));
     }
     provider.withdraw(vec![gone.clone()]).unwrap();
@@ -102,7 +112,7 @@ async fn withdrawn_key_expires_while_advertised_key_is_republished() {
             .iter()
             .filter(|n| n.local_peer_id() != provider.local_peer_id())
         {
-            any |= !lookup_all(node, &gone, 1, Duration::from_secs(5))
+            any |= !lookup_all(&rt, node, &gone, 1, Duration::from_secs(5))
                 .await
                 .is_empty();
         }
@@ -110,7 +120,7 @@ async fn withdrawn_key_expires_while_advertised_key_is_republished() {
             expired = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        rt.sleep(Duration::from_millis(200)).await;
     }
     assert!(
         expired,
@@ -118,8 +128,9 @@ async fn withdrawn_key_expires_while_advertised_key_is_republished() {
         withdrawn_at.elapsed()
     );
     // Well past the TTL of the first publication, the kept key is still found.
-    tokio::time::sleep((ttl + Duration::from_secs(1)).saturating_sub(withdrawn_at.elapsed())).await;
-    let found = lookup_all(seeker, &kept, 1, Duration::from_secs(5)).await;
+    rt.sleep((ttl + Duration::from_secs(1)).saturating_sub(withdrawn_at.elapsed()))
+        .await;
+    let found = lookup_all(&rt, seeker, &kept, 1, Duration::from_secs(5)).await;
     assert_eq!(
         found.first().map(|p| p.peer),
         Some(provider.local_peer_id()),
@@ -131,13 +142,12 @@ async fn withdrawn_key_expires_while_advertised_key_is_republished() {
 }
 
 /// Dropping a lookup cancels it; a handle of a stopped node reports it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lookup_cancel_and_stop() {
-    let (a, _) = start(config(121, 0)).await;
+async fn lookup_cancel_and_stop<R: Runtime>(rt: R) {
+    let (a, _) = start(&rt, config(121, 0)).await;
     let stream = a.lookup(&key(1), 3).unwrap();
     drop(stream);
     a.shutdown();
-    assert!(wait_until(Duration::from_secs(5), || !a.is_running()).await);
+    assert!(wait_until(&rt, Duration::from_secs(5), || !a.is_running()).await);
     assert!(matches!(
         a.advertise(vec![key(1)]),
         Err(speil_p2p::Error::Stopped)
@@ -148,13 +158,12 @@ async fn lookup_cancel_and_stop() {
 
 /// Listening on an unspecified address advertises every interface address except loopback;
 /// listening on a loopback IP advertises it (listen-as-listened).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn advertised_addresses_follow_the_listen_address() {
+async fn advertised_addresses_follow_the_listen_address<R: Runtime>(rt: R) {
     let mut cfg = config(1, 0);
     cfg.listen = vec!["0.0.0.0:0".parse().unwrap()];
-    let (any, _) = start(cfg).await;
+    let (any, _) = start(&rt, cfg).await;
     assert!(
-        wait_until(Duration::from_secs(5), || any
+        wait_until(&rt, Duration::from_secs(5), || any
             .listen_addrs()
             .iter()
             .any(|a| speil_p2p::ip_of(a).is_some_and(|ip| ip.is_loopback())))
@@ -171,19 +180,18 @@ async fn advertised_addresses_follow_the_listen_address() {
     );
     any.shutdown();
 
-    let (lo, addr) = start(config(181, 0)).await;
+    let (lo, addr) = start(&rt, config(181, 0)).await;
     assert_eq!(lo.advertised_addrs(), vec![addr]);
     lo.shutdown();
 }
 
 /// `:PORT` listens on both families: the IPv4 and the IPv6 wildcard each get a listener, and
 /// neither family's loopback is advertised.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dual_stack_listens_on_both_families() {
+async fn dual_stack_listens_on_both_families<R: Runtime>(rt: R) {
     let mut cfg = config(1, 0);
     cfg.listen = speil_p2p::dual_stack(0);
-    let (any, _) = start(cfg).await;
-    let both = wait_until(Duration::from_secs(5), || {
+    let (any, _) = start(&rt, cfg).await;
+    let both = wait_until(&rt, Duration::from_secs(5), || {
         let addrs = any.listen_addrs();
         let v4 = addrs
             .iter()
@@ -209,12 +217,11 @@ async fn dual_stack_listens_on_both_families() {
 
 /// Specific IPs of both families are listened on and advertised as listened, and a peer
 /// reaches the node over IPv6.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn specific_ipv4_and_ipv6_addresses_are_advertised_and_dialled() {
+async fn specific_ipv4_and_ipv6_addresses_are_advertised_and_dialled<R: Runtime>(rt: R) {
     let mut cfg = config(183, 0);
     cfg.listen.push("[::1]:0".parse().unwrap());
-    let (a, _) = start(cfg).await;
-    let v6 = wait_for(Duration::from_secs(5), || {
+    let (a, _) = start(&rt, cfg).await;
+    let v6 = wait_for(&rt, Duration::from_secs(5), || {
         a.advertised_addrs()
             .into_iter()
             .find(|m| speil_p2p::ip_of(m).is_some_and(|ip| ip.is_ipv6()))
@@ -225,9 +232,11 @@ async fn specific_ipv4_and_ipv6_addresses_are_advertised_and_dialled() {
     let mut cfg = config(184, 0);
     cfg.listen = vec!["[::1]:0".parse().unwrap()];
     cfg.bootstrap = Some(static_to(&a, &v6));
-    let (b, _) = start(cfg).await;
+    let (b, _) = start(&rt, cfg).await;
     assert!(
-        wait_until(Duration::from_secs(10), || b.is_ready() && a.is_ready()).await,
+        wait_until(&rt, Duration::from_secs(10), || b.is_ready()
+            && a.is_ready())
+        .await,
         "nodes did not join over IPv6"
     );
     a.shutdown();
@@ -236,8 +245,7 @@ async fn specific_ipv4_and_ipv6_addresses_are_advertised_and_dialled() {
 
 /// A wildcard family that cannot be listened on (here: its port is taken) is skipped, the
 /// other family still listens; a specific IP that cannot be listened on fails the start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_family_missing_is_not_fatal_but_a_specific_ip_is() {
+async fn one_family_missing_is_not_fatal_but_a_specific_ip_is<R: Runtime>(rt: R) {
     let taken = std::net::TcpListener::bind("[::]:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let mut cfg = config(1, 0);
@@ -245,7 +253,7 @@ async fn one_family_missing_is_not_fatal_but_a_specific_ip_is() {
         "0.0.0.0:0".parse().unwrap(),
         std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
     ];
-    let (node, _) = start(cfg).await;
+    let (node, _) = start(&rt, cfg).await;
     assert!(
         node.listen_addrs()
             .iter()
@@ -262,13 +270,13 @@ async fn one_family_missing_is_not_fatal_but_a_specific_ip_is() {
         std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
     ];
     assert!(matches!(
-        speil_p2p::tokio_rt::start(cfg),
+        speil_p2p::start(rt.clone(), cfg),
         Err(speil_p2p::Error::Listen { .. })
     ));
     let mut cfg = config(1, 0);
     cfg.listen = Vec::new();
     assert!(matches!(
-        speil_p2p::tokio_rt::start(cfg),
+        speil_p2p::start(rt.clone(), cfg),
         Err(speil_p2p::Error::NoListenAddress)
     ));
     drop(taken);

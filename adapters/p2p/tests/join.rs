@@ -9,39 +9,53 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
+use speil_driver::{Runtime, RuntimeExt as _};
 use speil_p2p::bootstrap::{DnsBootstrap, HostsResolver, HttpBootstrap, SystemResolver};
 use speil_p2p::{PreSharedKey, identity};
 
+// Each test below, on tokio and on smol.
+on_every_runtime!(
+    restart_keeps_peer_id,
+    psk_keeps_outsiders_out,
+    rebootstraps_until_the_seed_appears,
+    dns_bootstrap_joins,
+    http_bootstrap_joins,
+    routing_table_empties_and_refills,
+    lone_node_is_ready,
+);
+
+/// How long one `/id` exchange may take (the registry's value).
+const ID_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A node restarted with the same data dir keeps its peer id (key file mode 0600), and rejoins.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_keeps_peer_id() {
+async fn restart_keeps_peer_id<R: Runtime>(rt: R) {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("nested/data");
-    let (seed, seed_addr) = start(config(131, 0)).await;
+    let (seed, seed_addr) = start(&rt, config(131, 0)).await;
 
     let mut cfg = config(132, 0);
     cfg.keypair = identity::load_or_generate(&data_dir).unwrap();
     cfg.bootstrap = Some(static_to(&seed, &seed_addr));
-    let (node, _) = start(cfg).await;
+    let (node, _) = start(&rt, cfg).await;
     let first_id = node.local_peer_id();
-    assert!(wait_until(Duration::from_secs(15), || node.is_ready()).await);
+    assert!(wait_until(&rt, Duration::from_secs(15), || node.is_ready()).await);
     let mode = std::fs::metadata(data_dir.join("private.key"))
         .unwrap()
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
     node.shutdown();
-    assert!(wait_until(Duration::from_secs(5), || !node.is_running()).await);
+    assert!(wait_until(&rt, Duration::from_secs(5), || !node.is_running()).await);
 
     let mut cfg = config(132, 0);
     cfg.keypair = identity::load_or_generate(&data_dir).unwrap();
     cfg.bootstrap = Some(static_to(&seed, &seed_addr));
-    let (again, _) = start(cfg).await;
+    let (again, _) = start(&rt, cfg).await;
     assert_eq!(again.local_peer_id(), first_id);
-    assert!(wait_until(Duration::from_secs(15), || again.is_ready()).await);
+    assert!(wait_until(&rt, Duration::from_secs(15), || again.is_ready()).await);
     // The seed sees the restarted node under the same id.
     assert!(
-        wait_until(Duration::from_secs(10), || seed
+        wait_until(&rt, Duration::from_secs(10), || seed
             .peers()
             .iter()
             .any(|p| p.peer == first_id))
@@ -56,31 +70,30 @@ async fn restart_keeps_peer_id() {
 }
 
 /// Only nodes holding the cluster's pre-shared key can join.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn psk_keeps_outsiders_out() {
+async fn psk_keeps_outsiders_out<R: Runtime>(rt: R) {
     let psk = PreSharedKey::new([42u8; 32]);
     let with_psk = |last, psk: Option<PreSharedKey>| {
         let mut cfg = config(last, 0);
         cfg.psk = psk;
         cfg
     };
-    let (seed, seed_addr) = start(with_psk(141, Some(psk))).await;
+    let (seed, seed_addr) = start(&rt, with_psk(141, Some(psk))).await;
 
     let mut member = with_psk(142, Some(psk));
     member.bootstrap = Some(static_to(&seed, &seed_addr));
-    let (member, _) = start(member).await;
+    let (member, _) = start(&rt, member).await;
 
     let mut outsider = with_psk(143, None);
     outsider.bootstrap = Some(static_to(&seed, &seed_addr));
-    let (outsider, _) = start(outsider).await;
+    let (outsider, _) = start(&rt, outsider).await;
 
     let mut wrong = with_psk(144, Some(PreSharedKey::new([7u8; 32])));
     wrong.bootstrap = Some(static_to(&seed, &seed_addr));
-    let (wrong, _) = start(wrong).await;
+    let (wrong, _) = start(&rt, wrong).await;
 
-    assert!(wait_until(Duration::from_secs(15), || member.is_ready()).await);
+    assert!(wait_until(&rt, Duration::from_secs(15), || member.is_ready()).await);
     // The outsiders keep trying (backoff capped at 500 ms in tests) and never get in.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    rt.sleep(Duration::from_secs(3)).await;
     for node in [&outsider, &wrong] {
         assert!(!node.is_ready());
         assert_eq!(node.connected_peers(), 0);
@@ -93,8 +106,7 @@ async fn psk_keeps_outsiders_out() {
 }
 
 /// A node whose static bootstrap peer is not up yet keeps retrying and joins once it is.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rebootstraps_until_the_seed_appears() {
+async fn rebootstraps_until_the_seed_appears<R: Runtime>(rt: R) {
     let port = free_port(&[151]);
     let seed_cfg = config(151, port);
     let seed_addr: speil_p2p::Multiaddr = format!("/ip4/127.0.0.151/tcp/{port}").parse().unwrap();
@@ -105,22 +117,21 @@ async fn rebootstraps_until_the_seed_appears() {
         speil_p2p::bootstrap::StaticBootstrap::new(&[format!("{seed_addr}/p2p/{seed_id}")])
             .unwrap(),
     ));
-    let (node, _) = start(cfg).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (node, _) = start(&rt, cfg).await;
+    rt.sleep(Duration::from_secs(1)).await;
     assert!(!node.is_ready());
-    let (seed, _) = start(seed_cfg).await;
-    assert!(wait_until(Duration::from_secs(15), || node.is_ready()).await);
+    let (seed, _) = start(&rt, seed_cfg).await;
+    assert!(wait_until(&rt, Duration::from_secs(15), || node.is_ready()).await);
     assert!(node.peers().iter().any(|p| p.peer == seed_id));
     node.shutdown();
     seed.shutdown();
 }
 
 /// `dns` bootstrap: a name resolved from a hosts map, dialled without peer ids.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dns_bootstrap_joins() {
+async fn dns_bootstrap_joins<R: Runtime>(rt: R) {
     let port = free_port(&[161, 162, 163, 164]);
-    let (a, _) = start(config(161, port)).await;
-    let (b, _) = start(config(162, port)).await;
+    let (a, _) = start(&rt, config(161, port)).await;
+    let (b, _) = start(&rt, config(162, port)).await;
     let hosts = HostsResolver::parse(
         "127.0.0.161 speil.test\n127.0.0.162 speil.test\n127.0.0.164 speil.test\n",
     )
@@ -130,11 +141,11 @@ async fn dns_bootstrap_joins() {
     cfg.bootstrap = Some(Arc::new(
         DnsBootstrap::new("speil.test", port, Arc::new(hosts)).excluding(&[ip(163)]),
     ));
-    let (node, _) = start(cfg).await;
-    assert!(wait_until(Duration::from_secs(15), || node.is_ready()).await);
+    let (node, _) = start(&rt, cfg).await;
+    assert!(wait_until(&rt, Duration::from_secs(15), || node.is_ready()).await);
     let ids: Vec<_> = node.peers().into_iter().map(|p| p.peer).collect();
     assert!(
-        wait_until(Duration::from_secs(10), || {
+        wait_until(&rt, Duration::from_secs(10), || {
             let ids: Vec<_> = node.peers().into_iter().map(|p| p.peer).collect();
             ids.contains(&a.local_peer_id()) && ids.contains(&b.local_peer_id())
         })
@@ -148,8 +159,8 @@ async fn dns_bootstrap_joins() {
         port,
         Arc::new(HostsResolver::new()),
     )));
-    let (lonely, _) = start(lonely).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (lonely, _) = start(&rt, lonely).await;
+    rt.sleep(Duration::from_millis(500)).await;
     assert!(!lonely.is_ready());
     for node in [&a, &b, &node, &lonely] {
         node.shutdown();
@@ -157,20 +168,22 @@ async fn dns_bootstrap_joins() {
 }
 
 /// `http` bootstrap: one node serves `/id`, a new node fetches it (by IP and by name).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_bootstrap_joins() {
-    let (seed, _) = start(config(171, 0)).await;
-    let (id_addr, server) =
-        speil_p2p::tokio_rt::serve_id(SocketAddr::new(ip(171), 0), seed.clone())
-            .await
-            .unwrap();
+async fn http_bootstrap_joins<R: Runtime>(rt: R) {
+    let (seed, _) = start(&rt, config(171, 0)).await;
+    let (id_addr, server) = speil_p2p::serve_id(
+        rt.clone(),
+        SocketAddr::new(ip(171), 0),
+        seed.clone(),
+        ID_EXCHANGE_TIMEOUT,
+    )
+    .unwrap();
 
     // The served document names the seed and its advertised (loopback, as listened) address.
-    let resolver = Arc::new(SystemResolver);
+    let resolver = Arc::new(SystemResolver::new(rt.clone()));
     let fetch = HttpBootstrap::new(
         &format!("http://{id_addr}/id"),
         resolver.clone(),
-        speil_p2p::tokio_rt::connector(),
+        speil_p2p::connector(rt.clone()),
     )
     .unwrap();
     let peers = speil_p2p::Bootstrap::peers(&fetch).await.unwrap();
@@ -189,19 +202,19 @@ async fn http_bootstrap_joins() {
         HttpBootstrap::new(
             &format!("http://seed.test:{}/id", id_addr.port()),
             Arc::new(hosts),
-            speil_p2p::tokio_rt::connector(),
+            speil_p2p::connector(rt.clone()),
         )
         .unwrap(),
     ));
-    let (node, _) = start(cfg).await;
-    assert!(wait_until(Duration::from_secs(15), || node.is_ready()).await);
+    let (node, _) = start(&rt, cfg).await;
+    assert!(wait_until(&rt, Duration::from_secs(15), || node.is_ready()).await);
     assert!(node.peers().iter().any(|p| p.peer == seed.local_peer_id()));
 
     // Other paths are 404s, which the fetcher reports as an error.
     let wrong = HttpBootstrap::new(
         &format!("http://{id_addr}/nope"),
         resolver,
-        speil_p2p::tokio_rt::connector(),
+        speil_p2p::connector(rt.clone()),
     )
     .unwrap();
     assert!(speil_p2p::Bootstrap::peers(&wrong).await.is_err());
@@ -228,28 +241,27 @@ fn free_port(lasts: &[u8]) -> u16 {
 
 /// When every peer is gone the routing table empties and the node is no longer ready; it
 /// bootstraps again and is ready once its bootstrap peer is back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routing_table_empties_and_refills() {
+async fn routing_table_empties_and_refills<R: Runtime>(rt: R) {
     let port = free_port(&[191]);
     let seed_cfg = config(191, port);
     let seed_id = seed_cfg.keypair.public().to_peer_id();
-    let (seed, seed_addr) = start(seed_cfg.clone()).await;
+    let (seed, seed_addr) = start(&rt, seed_cfg.clone()).await;
     let mut cfg = config(192, 0);
     cfg.bootstrap = Some(static_to(&seed, &seed_addr));
-    let (node, _) = start(cfg).await;
-    assert!(wait_until(Duration::from_secs(15), || node.is_ready()).await);
+    let (node, _) = start(&rt, cfg).await;
+    assert!(wait_until(&rt, Duration::from_secs(15), || node.is_ready()).await);
 
     seed.shutdown();
     assert!(
-        wait_until(Duration::from_secs(10), || !node.is_ready()).await,
+        wait_until(&rt, Duration::from_secs(10), || !node.is_ready()).await,
         "routing table still holds {} peers",
         node.routing_table_size()
     );
     assert_eq!(node.connected_peers(), 0);
 
     // The seed comes back with the same identity and address.
-    let (seed, _) = start(seed_cfg).await;
-    assert!(wait_until(Duration::from_secs(15), || node.is_ready()).await);
+    let (seed, _) = start(&rt, seed_cfg).await;
+    assert!(wait_until(&rt, Duration::from_secs(15), || node.is_ready()).await);
     assert!(node.peers().iter().any(|p| p.peer == seed_id));
     node.shutdown();
     seed.shutdown();
@@ -257,8 +269,7 @@ async fn routing_table_empties_and_refills() {
 
 /// A bootstrap source naming only this node (one-node cluster) makes it ready, as in Spegel;
 /// a second node then joins it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lone_node_is_ready() {
+async fn lone_node_is_ready<R: Runtime>(rt: R) {
     // http: the node's own /id.
     let id_port = free_port(&[201]);
     let mut cfg = config(201, 0);
@@ -266,16 +277,19 @@ async fn lone_node_is_ready() {
         HttpBootstrap::new(
             &format!("http://127.0.0.201:{id_port}/id"),
             Arc::new(HostsResolver::new()),
-            speil_p2p::tokio_rt::connector(),
+            speil_p2p::connector(rt.clone()),
         )
         .unwrap(),
     ));
-    let (first, first_addr) = start(cfg).await;
-    let (_, server) =
-        speil_p2p::tokio_rt::serve_id(SocketAddr::new(ip(201), id_port), first.clone())
-            .await
-            .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || first.is_ready()).await);
+    let (first, first_addr) = start(&rt, cfg).await;
+    let (_, server) = speil_p2p::serve_id(
+        rt.clone(),
+        SocketAddr::new(ip(201), id_port),
+        first.clone(),
+        ID_EXCHANGE_TIMEOUT,
+    )
+    .unwrap();
+    assert!(wait_until(&rt, Duration::from_secs(10), || first.is_ready()).await);
     assert_eq!(first.routing_table_size(), 0);
 
     // dns: a name resolving to this node only.
@@ -286,8 +300,8 @@ async fn lone_node_is_ready() {
     cfg.bootstrap = Some(Arc::new(
         DnsBootstrap::new("one.test", port, Arc::new(hosts)).excluding(&[ip(202)]),
     ));
-    let (lone, _) = start(cfg).await;
-    assert!(wait_until(Duration::from_secs(10), || lone.is_ready()).await);
+    let (lone, _) = start(&rt, cfg).await;
+    assert!(wait_until(&rt, Duration::from_secs(10), || lone.is_ready()).await);
 
     // A name resolving to nobody is not "alone".
     let mut cfg = config(203, 0);
@@ -296,16 +310,24 @@ async fn lone_node_is_ready() {
         port,
         Arc::new(HostsResolver::new()),
     )));
-    let (nobody, _) = start(cfg).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (nobody, _) = start(&rt, cfg).await;
+    rt.sleep(Duration::from_millis(500)).await;
     assert!(!nobody.is_ready());
 
     // A second node joins the first; both have a routing table entry then.
     let mut cfg = config(204, 0);
     cfg.bootstrap = Some(static_to(&first, &first_addr));
-    let (second, _) = start(cfg).await;
-    assert!(wait_until(Duration::from_secs(10), || second.routing_table_size() > 0).await);
-    assert!(wait_until(Duration::from_secs(10), || first.routing_table_size() > 0).await);
+    let (second, _) = start(&rt, cfg).await;
+    assert!(
+        wait_until(&rt, Duration::from_secs(10), || second.routing_table_size()
+            > 0)
+        .await
+    );
+    assert!(
+        wait_until(&rt, Duration::from_secs(10), || first.routing_table_size()
+            > 0)
+        .await
+    );
     server.abort();
     for node in [&first, &lone, &nobody, &second] {
         node.shutdown();

@@ -156,11 +156,8 @@ impl Cluster {
                 },
             });
             rt.spawn(driver);
-            let service = RegistryService::new(
-                handle,
-                store.clone(),
-                ServerConfig { credentials: None },
-            );
+            let service =
+                RegistryService::new(handle, store.clone(), ServerConfig { credentials: None });
             {
                 let mut w = net.lock();
                 w.addrs.insert(ip(i), i);
@@ -222,7 +219,9 @@ impl Cluster {
         let n = &self.nodes[&node];
         let digest = n.store.put(bytes.clone());
         self.blobs.insert(digest.clone(), bytes);
-        let _ = n.events.unbounded_send(StoreEvent::Snapshot(n.store.images()));
+        let _ = n
+            .events
+            .unbounded_send(StoreEvent::Snapshot(n.store.images()));
         self.rt.run_ready();
         digest
     }
@@ -397,4 +396,3 @@ fn oci_message(body: &[u8]) -> String {
         .and_then(|v| v["errors"][0]["message"].as_str().map(str::to_owned))
         .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned())
 }
-

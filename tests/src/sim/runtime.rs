@@ -306,7 +306,11 @@ impl Timer for SimTimer {
             let now = self.inner.base + clock.now;
             let entry = clock.timers.entry(self.id).or_insert((deadline, None));
             entry.0 = deadline;
-            if deadline <= now { entry.1.take() } else { None }
+            if deadline <= now {
+                entry.1.take()
+            } else {
+                None
+            }
         };
         if let Some(w) = due {
             w.wake();

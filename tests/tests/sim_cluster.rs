@@ -42,7 +42,8 @@ fn a_blob_held_by_one_node_is_served_to_every_other() {
     let mut sim = Cluster::new(5, 7);
     let d = sim.give(0, "layer", 10_000);
     let reqs: Vec<_> = (1..5).map(|n| (n, sim.request(n, &d, None))).collect();
-    sim.run_until(10 * S);
+    // Lookup 1 ms, dial 1 ms, ttfb 2 ms, 10 ms of body.
+    assert_eq!(sim.settle(10 * S), 14 * MS);
     for (n, r) in reqs {
         let (status, len, digest, _) = served(&sim, r);
         assert_eq!((status, len, &digest), (200, 10_000, &d), "node {n}");
@@ -181,6 +182,41 @@ fn a_peer_that_never_accepts_is_given_up_after_the_dial_budget() {
 }
 
 #[test]
+fn a_store_that_does_not_answer_is_given_up_after_the_store_budget() {
+    let mut sim = Cluster::new(3, 2);
+    let d = sim.give(1, "x", 1000);
+    sim.hang_store(0);
+    // Node 0's own client: the store budget (3 s) ends the wait, then node 0 mirrors.
+    let r = sim.request(0, &d, None);
+    sim.settle(10 * S);
+    let (status, _, digest, at) = served(&sim, r);
+    assert_eq!((status, digest), (200, d.clone()));
+    // 3 s, then lookup 1 ms, dial 1 ms, ttfb 2 ms, 1 ms of body.
+    assert_eq!(at, 3 * S + 5 * MS);
+    assert_eq!(sim.fed_by(0), vec![1]);
+    // A peer asking a node whose store hangs does not wait for that node's store budget:
+    // its own header budget (100 ms at least) gives up first.
+    sim.hang_store(1);
+    let start = sim.now();
+    let r = sim.request(2, &d, None);
+    sim.settle(start + 10 * S);
+    // Lookup 1 ms, dial 1 ms, then the 100 ms header budget: not node 1's 3 s.
+    assert_eq!(
+        sim.outcome(r),
+        Some(Outcome::Failed {
+            status: 404,
+            message: format!("all 1 attempts failed for {d}"),
+            at: start + 102 * MS
+        })
+    );
+    assert!(
+        !sim.trace()
+            .iter()
+            .any(|e| e.node == 2 && matches!(e.event, Event::Responded { .. }))
+    );
+}
+
+#[test]
 fn a_broken_body_is_resumed_and_contiguous() {
     let mut sim = Cluster::new(4, 5);
     let d = sim.give(1, "big", 100_000);
@@ -291,6 +327,7 @@ fn same_seed_same_trace() {
         for _ in 0..10 {
             sim.request(0, &d, None);
         }
+        sim.settle(30 * S);
         sim.run_until(30 * S);
         (sim.trace(), sim.outcomes())
     };

@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -289,6 +290,7 @@ pub struct FakeStore {
     net: Net,
     rt: SimRuntime,
     blobs: Mutex<BTreeMap<Digest, Bytes>>,
+    hung: AtomicBool,
 }
 
 /// Bytes per chunk of a blob stream the fake store opens.
@@ -302,7 +304,14 @@ impl FakeStore {
             net,
             rt,
             blobs: Mutex::default(),
+            hung: AtomicBool::new(false),
         }
+    }
+
+    /// From now on the store never answers a question about a blob's size (containerd
+    /// stuck): only the core's store budget ends the wait.
+    pub fn hang(&self) {
+        self.hung.store(true, Ordering::Relaxed);
     }
 
     fn blobs(&self) -> MutexGuard<'_, BTreeMap<Digest, Bytes>> {
@@ -343,6 +352,9 @@ impl ContentStore for FakeStore {
     }
 
     fn size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, SourceError>> {
+        if self.hung.load(Ordering::Relaxed) {
+            return Box::pin(std::future::pending());
+        }
         let size = self.blobs().get(digest).map(|b| b.len() as u64);
         Box::pin(std::future::ready(Ok(size)))
     }

@@ -234,6 +234,11 @@ impl Cluster {
         self.rt.run_ready();
     }
 
+    /// Node `node`'s store stops answering (see [`fakes::FakeStore::hang`]).
+    pub fn hang_store(&mut self, node: u32) {
+        self.nodes[&node].store.hang();
+    }
+
     /// The content of a blob given to some node.
     pub fn blob(&self, digest: &Digest) -> &Bytes {
         &self.blobs[digest]
@@ -371,6 +376,47 @@ impl Cluster {
         }
         self.rt.advance_to(limit);
         self.rt.run_ready();
+    }
+
+    /// Runs until `done` holds (checked whenever no task is ready), and returns the simulated
+    /// time it took. Panics when it does not hold by simulated time `limit`, or after
+    /// [`MAX_STEPS`] steps.
+    pub fn run_until_cond(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Cluster) -> bool,
+    ) -> Duration {
+        let mut steps = 0;
+        loop {
+            steps += self.rt.run_ready() + 1;
+            assert!(
+                steps < MAX_STEPS,
+                "livelock: {steps} steps at {:?}",
+                self.now()
+            );
+            if done(self) {
+                return self.now();
+            }
+            match self.rt.next_deadline() {
+                Some(at) if at <= limit => self.rt.advance_to(at),
+                next => panic!(
+                    "not done by {limit:?} (now {:?}, next deadline {next:?})",
+                    self.now()
+                ),
+            }
+        }
+    }
+
+    /// Runs until every client request made so far has ended; see [`Cluster::run_until_cond`].
+    pub fn settle(&mut self, limit: Duration) -> Duration {
+        let made = self.next_client;
+        self.run_until_cond(limit, |sim| {
+            sim.outcomes
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len() as u64
+                == made
+        })
     }
 
     /// Runs for `d` of simulated time.

@@ -23,6 +23,9 @@ use futures::future::BoxFuture;
 use futures::{AsyncRead, AsyncWrite};
 use speil_driver::runtime::{Runtime, Timer};
 
+/// Most polls [`SimRuntime::run_ready`] makes before the clock moves (livelock guard).
+pub const MAX_POLLS: usize = 100_000;
+
 /// What the socket methods of [`SimRuntime`] answer.
 pub const NO_SOCKETS: &str = "the simulated cluster has no sockets";
 
@@ -178,10 +181,16 @@ impl SimRuntime {
     }
 
     /// Polls every ready task, in the order they were woken, until none is ready. Returns
-    /// how many polls that took.
+    /// how many polls that took. Panics when tasks keep each other ready for
+    /// [`MAX_POLLS`] polls without the clock moving (a livelock).
     pub fn run_ready(&self) -> usize {
         let mut polls = 0;
         loop {
+            assert!(
+                polls < MAX_POLLS,
+                "livelock: tasks stayed ready for {polls} polls at {:?}",
+                self.elapsed()
+            );
             let id = {
                 let mut ready = lock(&self.inner.ready);
                 let Some(id) = ready.queue.pop_front() else {
@@ -463,6 +472,20 @@ mod tests {
         rt.run_ready();
         assert_eq!(fired.load(Ordering::SeqCst), 3000);
         assert!(!rt.advance(), "nobody waits any more");
+    }
+
+    #[test]
+    #[should_panic(expected = "livelock")]
+    fn tasks_that_keep_waking_each_other_are_a_livelock() {
+        let rt = SimRuntime::new();
+        rt.spawn(
+            futures::future::poll_fn(|cx| {
+                cx.waker().wake_by_ref();
+                Poll::<()>::Pending
+            })
+            .boxed(),
+        );
+        rt.run_ready();
     }
 
     #[test]

@@ -1,624 +1,99 @@
-//! Simulated cluster (DESIGN.md §3, layer 2): several `speil_core::node::Node`s on a simulated
-//! clock and a seeded simulated network. Nothing here is real: the DHT, the peers' registries
-//! and the links are fakes of this file, so that hedging, budgets, resume and determinism can
-//! be checked exactly and in milliseconds. Real components are exercised by the end-to-end tests.
+//! Simulated cluster (DESIGN.md §3, layer 2): several nodes, each the REAL driver
+//! (`speil_driver::node::start`) with a real core `Node` behind the real registry service, on
+//! a simulated clock (`speil_tests::sim`). The DHT, the stores and the links between nodes are
+//! fakes, so that hedging, budgets, resume and determinism can be checked exactly and in
+//! milliseconds. Sockets, the HTTP codec and hyper are exercised by the end-to-end tests.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, Method};
-use speil_core::Digest;
-use speil_core::Key;
-use speil_core::mirror::{
-    ContentRange, FetchFailure, FetchId, FetchRange, FetchResponse, RequestId,
-};
-use speil_core::node::{Input, Local, Node, NodeConfig, Output, StatTarget};
-use speil_core::request::{ContentRequest, RegistryRequest, parse_request};
-use speil_core::store::{ImageState, StoreEvent};
+use speil_core::mirror::FetchRange;
+use speil_core::{Digest, Key};
+use speil_tests::sim::{BodyEnd, Cluster, Event, Outcome, Record};
 
 const MS: Duration = Duration::from_millis(1);
+const S: Duration = Duration::from_secs(1);
 
-/// Peer `p`'s registry (TEST-NET-1: never dialled, the links are simulated).
-fn registry(p: u32) -> SocketAddr {
-    SocketAddr::from(([192, 0, 2, p as u8], 5000))
+/// The fetches node `node` issued: (when, peer, range).
+fn fetches(trace: &[Record], node: u32) -> Vec<(Duration, u32, FetchRange)> {
+    trace
+        .iter()
+        .filter(|r| r.node == node)
+        .filter_map(|r| match &r.event {
+            Event::Fetch { peer, range, .. } => Some((r.at, *peer, *range)),
+            _ => None,
+        })
+        .collect()
 }
 
-/// How a simulated peer's registry behaves.
-#[derive(Debug, Clone)]
-struct Link {
-    /// `None`: the peer never accepts the connection.
-    dial: Option<Duration>,
-    /// Time from request sent to headers.
-    ttfb: Duration,
-    /// Body bytes per millisecond.
-    bytes_per_ms: u64,
-    /// The body breaks after this many bytes of any response.
-    break_after: Option<u64>,
-    /// Answers with another digest.
-    lies: bool,
-    /// The body stops (without closing) after this many bytes of any response.
-    stall_after: Option<u64>,
-}
-
-impl Default for Link {
-    fn default() -> Self {
-        Link {
-            dial: Some(MS),
-            ttfb: 2 * MS,
-            bytes_per_ms: 1000,
-            break_after: None,
-            lies: false,
-            stall_after: None,
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Event {
-    Timer {
-        node: u32,
-        generation: u64,
-    },
-    Providers {
-        node: u32,
-        lookup: speil_core::mirror::LookupId,
-        peers: Vec<u32>,
-    },
-    Connected {
-        node: u32,
-        fetch: FetchId,
-    },
-    Responded {
-        node: u32,
-        fetch: FetchId,
-        resp: FetchResponse,
-    },
-    PipeDone {
-        node: u32,
-        request: RequestId,
-        fetch: FetchId,
-        written: u64,
-        broken: bool,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
-    Served {
-        bytes: Vec<(u64, u64)>,
-        at: Duration,
-        peers: Vec<u32>,
-    },
-    Failed {
-        status: u16,
-        message: String,
-        at: Duration,
-    },
-    Aborted {
-        written: u64,
-        at: Duration,
-    },
-    Local {
-        at: Duration,
-    },
-}
-
-struct Fetching {
-    peer: u32,
-    request: RequestId,
-    range: Option<(u64, u64)>,
-}
-
-struct ClientReq {
-    digest: Digest,
-    /// The body being piped: when it started, at how many bytes per ms, and how long it is.
-    piping: Option<(Duration, u64, u64)>,
-    /// Bytes the client received, as (blob offset, length) runs.
-    runs: Vec<(u64, u64)>,
-    written: u64,
-    base: u64,
-    peers: Vec<u32>,
-}
-
-struct Sim {
-    t0: Instant,
-    now: Duration,
-    seq: u64,
-    queue: BTreeMap<(Duration, u64), Event>,
-    nodes: BTreeMap<u32, Node<u32>>,
-    generations: BTreeMap<u32, u64>,
-    links: BTreeMap<u32, Link>,
-    dht: BTreeMap<Key, BTreeSet<u32>>,
-    blobs: BTreeMap<Digest, u64>,
-    holds: BTreeMap<u32, BTreeSet<Digest>>,
-    fetches: BTreeMap<(u32, FetchId), Fetching>,
-    clients: BTreeMap<(u32, RequestId), ClientReq>,
-    outcomes: BTreeMap<(u32, RequestId), Outcome>,
-    trace: Vec<String>,
-    lookup_latency: Duration,
-    next_request: u64,
-}
-
-impl Sim {
-    fn new(n: u32, seed: u64) -> Sim {
-        let mut nodes = BTreeMap::new();
-        for i in 0..n {
-            let mut cfg = NodeConfig::new(i);
-            cfg.seed = seed.wrapping_add(u64::from(i));
-            nodes.insert(i, Node::new(cfg));
-        }
-        Sim {
-            t0: Instant::now(),
-            now: Duration::ZERO,
-            seq: 0,
-            queue: BTreeMap::new(),
-            generations: nodes.keys().map(|k| (*k, 0)).collect(),
-            nodes,
-            links: (0..n).map(|i| (i, Link::default())).collect(),
-            dht: BTreeMap::new(),
-            blobs: BTreeMap::new(),
-            holds: BTreeMap::new(),
-            fetches: BTreeMap::new(),
-            clients: BTreeMap::new(),
-            outcomes: BTreeMap::new(),
-            trace: Vec::new(),
-            lookup_latency: MS,
-            next_request: 0,
-        }
-    }
-
-    fn at(&self) -> Instant {
-        self.t0 + self.now
-    }
-
-    fn schedule(&mut self, after: Duration, e: Event) {
-        self.seq += 1;
-        self.queue.insert((self.now + after, self.seq), e);
-    }
-
-    /// Node `node` pulls a blob of `size` bytes: it now holds and advertises it.
-    fn give(&mut self, node: u32, name: &str, size: u64) -> Digest {
-        let digest = Digest::sha256_of(name.as_bytes());
-        self.blobs.insert(digest.clone(), size);
-        let held = self.holds.entry(node).or_default();
-        held.insert(digest.clone());
-        let images = held
-            .iter()
-            .map(|d| ImageState {
-                name: format!("127.0.0.1:5000/sim/{}@{d}", node),
-                target: d.clone(),
-                present: vec![d.clone()],
-            })
-            .collect();
-        let at = self.at();
-        self.nodes
-            .get_mut(&node)
-            .unwrap()
-            .handle(at, Input::Store(StoreEvent::Snapshot(images)))
-            .unwrap();
-        self.after(node);
-        digest
-    }
-
-    fn request(&mut self, node: u32, digest: &Digest, range: Option<&str>) -> (u32, RequestId) {
-        let mut headers = HeaderMap::new();
-        if let Some(r) = range {
-            headers.insert("range", HeaderValue::from_str(r).unwrap());
-        }
-        let path = format!("/v2/sim/x/blobs/{digest}?ns=127.0.0.1%3A5000");
-        let RegistryRequest::Content(req) = parse_request(&Method::GET, &path, &headers).unwrap()
-        else {
-            panic!("content request")
-        };
-        self.next_request += 1;
-        let id = RequestId(self.next_request);
-        self.submit(node, id, &req, digest);
-        (node, id)
-    }
-
-    fn submit(&mut self, node: u32, id: RequestId, req: &ContentRequest, digest: &Digest) {
-        self.clients.insert(
-            (node, id),
-            ClientReq {
-                digest: digest.clone(),
-                piping: None,
-                runs: Vec::new(),
-                written: 0,
-                base: 0,
-                peers: Vec::new(),
-            },
-        );
-        let at = self.at();
-        self.nodes
-            .get_mut(&node)
-            .unwrap()
-            .handle(
-                at,
-                Input::Request {
-                    id,
-                    request: req.clone(),
-                },
-            )
-            .unwrap();
-        self.after(node);
-    }
-
-    /// Executes a node's outputs and re-arms its one timer.
-    fn after(&mut self, node: u32) {
-        while let Some(o) = self.nodes.get_mut(&node).unwrap().poll_output() {
-            self.trace.push(format!("{:?} n{node} {o:?}", self.now));
-            self.execute(node, o);
-        }
-        let generation = self.generations[&node] + 1;
-        self.generations.insert(node, generation);
-        if let Some((at, _)) = self.nodes[&node].poll_timeout() {
-            let after = at.saturating_duration_since(self.at());
-            self.schedule(after, Event::Timer { node, generation });
-        }
-    }
-
-    /// Body bytes the client of `request` has received by now.
-    fn written_so_far(&self, node: u32, request: RequestId) -> u64 {
-        let c = &self.clients[&(node, request)];
-        c.written
-            + c.piping.map_or(0, |(since, rate, len)| {
-                let ms = (self.now - since).as_millis() as u64;
-                (ms * rate).min(len)
-            })
-    }
-
-    fn execute(&mut self, node: u32, o: Output<u32>) {
-        let at = self.at();
-        match o {
-            // The simulated store answers at once.
-            Output::StatLocal { request, what } => {
-                let local = match what {
-                    StatTarget::Digest(d)
-                        if self.holds.get(&node).is_some_and(|h| h.contains(&d)) =>
-                    {
-                        Local::Present {
-                            size: self.blobs[&d],
-                            digest: d,
-                        }
-                    }
-                    _ => Local::Absent,
-                };
-                self.nodes
-                    .get_mut(&node)
-                    .unwrap()
-                    .handle(at, Input::LocalAnswered { request, local })
-                    .unwrap();
-            }
-            Output::PollProgress { request } => {
-                let written = self.written_so_far(node, request);
-                self.nodes
-                    .get_mut(&node)
-                    .unwrap()
-                    .handle(at, Input::PipeProgress { request, written })
-                    .unwrap();
-            }
-            // The pipe stops its body (its PipeDone is dropped) and reports how far it got.
-            Output::Interrupt { request } => {
-                let written = self.written_so_far(node, request);
-                self.fetches
-                    .retain(|(n, _), f| *n != node || f.request != request);
-                let client = self.clients.get_mut(&(node, request)).unwrap();
-                client.runs.push((client.base, written - client.written));
-                client.written = written;
-                client.piping = None;
-                self.nodes
-                    .get_mut(&node)
-                    .unwrap()
-                    .handle(at, Input::PipeInterrupted { request, written })
-                    .unwrap();
-            }
-            Output::Advertise(keys) => {
-                for k in keys {
-                    self.dht.entry(k).or_default().insert(node);
-                }
-            }
-            Output::Withdraw(keys) => {
-                for k in keys {
-                    if let Some(s) = self.dht.get_mut(&k) {
-                        s.remove(&node);
-                    }
-                }
-            }
-            Output::RecheckStore => {}
-            Output::ServeLocal { request, .. } => {
-                self.outcomes
-                    .insert((node, request), Outcome::Local { at: self.now });
-            }
-            Output::Fail { request, error, .. } => {
-                self.outcomes.insert(
-                    (node, request),
-                    Outcome::Failed {
-                        status: error.status.as_u16(),
-                        message: error.message.clone(),
-                        at: self.now,
-                    },
-                );
-            }
-            Output::Lookup { id, key, count } => {
-                let peers: Vec<u32> = self
-                    .dht
-                    .get(&key)
-                    .map(|s| s.iter().copied().take(count).collect())
-                    .unwrap_or_default();
-                let latency = self.lookup_latency;
-                self.schedule(
-                    latency,
-                    Event::Providers {
-                        node,
-                        lookup: id,
-                        peers,
-                    },
-                );
-            }
-            Output::CancelLookup { .. } => {}
-            Output::Fetch {
-                id,
-                request,
-                peer,
-                addr,
-                range,
-                ..
-            } => {
-                assert_eq!(addr, registry(peer), "the address the lookup reported");
-                let size = self.blobs[&self.clients[&(node, request)].digest];
-                let range = match range {
-                    FetchRange::Whole => None,
-                    FetchRange::FromTo { start, end } => Some((start, end.min(size - 1))),
-                    FetchRange::From { start } => Some((start, size - 1)),
-                    FetchRange::Suffix { len } => Some((size - len.min(size), size - 1)),
-                };
-                self.fetches.insert(
-                    (node, id),
-                    Fetching {
-                        peer,
-                        request,
-                        range,
-                    },
-                );
-                let link = self.links[&peer].clone();
-                let Some(dial) = link.dial else {
-                    return;
-                };
-                self.schedule(dial, Event::Connected { node, fetch: id });
-                let client = &self.clients[&(node, request)];
-                let digest = client.digest.clone();
-                let resp = match (
-                    self.holds.get(&peer).is_some_and(|h| h.contains(&digest)),
-                    range,
-                ) {
-                    (false, _) => FetchResponse {
-                        status: 404,
-                        digest: None,
-                        content_length: None,
-                        content_range: None,
-                    },
-                    (true, None) => FetchResponse {
-                        status: 200,
-                        digest: Some(if link.lies {
-                            Digest::sha256_of(b"lie").to_string()
-                        } else {
-                            digest.to_string()
-                        }),
-                        content_length: Some(self.blobs[&digest]),
-                        content_range: None,
-                    },
-                    (true, Some((a, b))) => FetchResponse {
-                        status: 206,
-                        digest: Some(digest.to_string()),
-                        content_length: Some(b - a + 1),
-                        content_range: Some(ContentRange {
-                            start: a,
-                            end: b,
-                            size: self.blobs[&digest],
-                        }),
-                    },
-                };
-                self.schedule(
-                    dial + link.ttfb,
-                    Event::Responded {
-                        node,
-                        fetch: id,
-                        resp,
-                    },
-                );
-            }
-            Output::CancelFetch { id } => {
-                self.fetches.remove(&(node, id));
-            }
-            Output::Serve { request, fetch } | Output::Continue { request, fetch } => {
-                let Some(f) = self.fetches.get(&(node, fetch)) else {
-                    panic!("serve of an unknown fetch");
-                };
-                let peer = f.peer;
-                let client = self.clients.get_mut(&(node, request)).unwrap();
-                let size = self.blobs[&client.digest];
-                let (start, end) = f.range.unwrap_or((0, size - 1));
-                client.base = start;
-                client.peers.push(peer);
-                let link = &self.links[&peer];
-                let len = end - start + 1;
-                let (written, broken) = match link.break_after {
-                    Some(b) if b < len => (b, true),
-                    _ => (len, false),
-                };
-                let took = Duration::from_millis(written / link.bytes_per_ms.max(1));
-                if let Some(s) = link.stall_after.filter(|s| *s < written) {
-                    // Never done: only the core's stall watchdog ends this body.
-                    client.piping = Some((self.now, link.bytes_per_ms.max(1), s));
-                    return;
-                }
-                client.piping = Some((self.now, link.bytes_per_ms.max(1), written));
-                self.schedule(
-                    took,
-                    Event::PipeDone {
-                        node,
-                        request,
-                        fetch,
-                        written,
-                        broken,
-                    },
-                );
-            }
-            Output::Abort { request } => {
-                let written = self.clients[&(node, request)].written;
-                self.outcomes.insert(
-                    (node, request),
-                    Outcome::Aborted {
-                        written,
-                        at: self.now,
-                    },
-                );
-            }
-        }
-    }
-
-    fn run(&mut self, limit: Duration) {
-        let mut steps = 0;
-        while let Some((&(at, seq), _)) = self.queue.iter().next() {
-            if at > limit {
-                break;
-            }
-            steps += 1;
-            assert!(steps < 100_000, "livelock");
-            let event = self.queue.remove(&(at, seq)).unwrap();
-            self.now = at;
-            let now = self.at();
-            let node = match event {
-                Event::Timer { node, generation } => {
-                    if self.generations[&node] != generation {
-                        continue;
-                    }
-                    self.nodes.get_mut(&node).unwrap().handle_timeout(now);
-                    node
-                }
-                Event::Providers {
-                    node,
-                    lookup,
-                    peers,
-                } => {
-                    let n = self.nodes.get_mut(&node).unwrap();
-                    // The lookup may have been cancelled or expired: both calls may say so.
-                    let providers = peers.iter().map(|p| (*p, vec![registry(*p)])).collect();
-                    let _ = n.handle(now, Input::Providers { lookup, providers });
-                    let _ = n.handle(now, Input::LookupFinished { lookup });
-                    node
-                }
-                Event::Connected { node, fetch } => {
-                    if !self.fetches.contains_key(&(node, fetch)) {
-                        continue;
-                    }
-                    self.nodes
-                        .get_mut(&node)
-                        .unwrap()
-                        .handle(now, Input::FetchConnected { fetch })
-                        .unwrap();
-                    node
-                }
-                Event::Responded { node, fetch, resp } => {
-                    if !self.fetches.contains_key(&(node, fetch)) {
-                        continue;
-                    }
-                    let n = self.nodes.get_mut(&node).unwrap();
-                    let failed = resp.status >= 400;
-                    if failed {
-                        let why = FetchFailure::Broken("status".into());
-                        n.handle(now, Input::FetchFailed { fetch, why }).unwrap();
-                    } else {
-                        let response = resp;
-                        n.handle(now, Input::FetchResponded { fetch, response })
-                            .unwrap();
-                    }
-                    node
-                }
-                Event::PipeDone {
-                    node,
-                    request,
-                    fetch,
-                    written,
-                    broken,
-                } => {
-                    if self.fetches.remove(&(node, fetch)).is_none() {
-                        continue;
-                    }
-                    let client = self.clients.get_mut(&(node, request)).unwrap();
-                    client.runs.push((client.base, written));
-                    client.written += written;
-                    client.piping = None;
-                    let total = client.written;
-                    let n = self.nodes.get_mut(&node).unwrap();
-                    if broken {
-                        let written = total;
-                        n.handle(now, Input::PipeInterrupted { request, written })
-                            .unwrap();
-                    } else {
-                        n.handle(now, Input::PipeFinished { request }).unwrap();
-                        let c = &self.clients[&(node, request)];
-                        self.outcomes.insert(
-                            (node, request),
-                            Outcome::Served {
-                                bytes: c.runs.clone(),
-                                at: self.now,
-                                peers: c.peers.clone(),
-                            },
-                        );
-                    }
-                    node
-                }
-            };
-            self.after(node);
-        }
+fn served(sim: &Cluster, id: speil_tests::sim::ClientId) -> (u16, u64, Digest, Duration) {
+    match sim.outcome(id) {
+        Some(Outcome::Served {
+            status,
+            len,
+            digest,
+            at,
+        }) => (status, len, digest, at),
+        other => panic!("{id:?}: {other:?}\n{:#?}", sim.trace()),
     }
 }
 
 #[test]
 fn a_blob_held_by_one_node_is_served_to_every_other() {
-    let mut sim = Sim::new(5, 7);
+    let mut sim = Cluster::new(5, 7);
     let d = sim.give(0, "layer", 10_000);
-    let reqs: Vec<_> = (1..5).map(|n| sim.request(n, &d, None)).collect();
-    sim.run(Duration::from_secs(10));
-    for r in reqs {
-        let Some(Outcome::Served { bytes, peers, .. }) = sim.outcomes.get(&r) else {
-            panic!("{r:?}: {:?}", sim.outcomes.get(&r));
-        };
-        assert_eq!(bytes, &vec![(0, 10_000)]);
-        assert_eq!(peers, &vec![0]);
+    let reqs: Vec<_> = (1..5).map(|n| (n, sim.request(n, &d, None))).collect();
+    // Lookup 1 ms, dial 1 ms, ttfb 2 ms, 10 ms of body.
+    assert_eq!(sim.settle(10 * S), 14 * MS);
+    for (n, r) in reqs {
+        let (status, len, digest, _) = served(&sim, r);
+        assert_eq!((status, len, &digest), (200, 10_000, &d), "node {n}");
+        assert_eq!(sim.fed_by(n), vec![0], "node {n}");
     }
-    // The holder itself serves locally and never asks itself.
+    // The holder itself serves from its store and never asks itself.
+    let before = sim.trace().len();
     let r = sim.request(0, &d, None);
-    sim.run(Duration::from_secs(20));
-    assert!(matches!(sim.outcomes[&r], Outcome::Local { .. }));
-    assert!(!sim.trace.iter().any(|t| t.contains("n0 Fetch")));
+    sim.run_for(10 * S);
+    let (status, _, digest, _) = served(&sim, r);
+    assert_eq!((status, &digest), (200, &d));
+    let trace = sim.trace();
+    assert!(
+        trace[before..].iter().any(|r| r.node == 0
+            && matches!(&r.event, Event::Opened { digest, offset: 0, len: 10_000 } if *digest == d)),
+        "{:#?}",
+        &trace[before..]
+    );
+    assert!(fetches(&trace, 0).is_empty());
+    assert!(sim.fed_by(0).is_empty());
 }
 
 #[test]
 fn a_slow_peer_is_overtaken_by_a_hedge() {
     let mut hedged = 0;
     for seed in 0..16 {
-        let mut sim = Sim::new(4, seed);
+        let mut sim = Cluster::new(4, seed);
         let d = sim.give(1, "blob", 1000);
         sim.give(2, "blob", 1000);
         sim.give(3, "blob", 1000);
-        sim.links.get_mut(&1).unwrap().ttfb = Duration::from_secs(30);
-        sim.links.get_mut(&2).unwrap().ttfb = Duration::from_secs(30);
+        sim.link(1, |l| l.ttfb = 30 * S);
+        sim.link(2, |l| l.ttfb = 30 * S);
         let r = sim.request(0, &d, None);
-        sim.run(Duration::from_secs(60));
-        let Outcome::Served { at, peers, .. } = &sim.outcomes[&r] else {
-            panic!("{:?}", sim.outcomes[&r])
-        };
-        assert_eq!(peers, &vec![3]);
+        sim.run_until(60 * S);
+        let (_, _, digest, at) = served(&sim, r);
+        assert_eq!(digest, d);
+        assert_eq!(sim.fed_by(0), vec![3], "seed {seed}");
         // Lookup 1 ms + at most the hedges at 50 ms (nothing observed yet) + dial 1 ms +
         // ttfb 2 ms + 1 ms of body: never the 30 s of the slow peers.
-        assert!(*at <= 60 * MS, "seed {seed}: served at {at:?}");
-        let first = sim.trace.iter().find(|t| t.contains("n0 Fetch")).unwrap();
-        if !first.contains("peer: 3") {
+        assert!(at <= 60 * MS, "seed {seed}: served at {at:?}");
+        let trace = sim.trace();
+        let all = fetches(&trace, 0);
+        if all[0].1 != 3 {
             hedged += 1;
-            assert!(*at >= 50 * MS, "the hedge waited for its threshold: {at:?}");
+            assert!(at >= 50 * MS, "the hedge waited for its threshold: {at:?}");
+            let hedge = all
+                .iter()
+                .find(|f| f.1 == 3)
+                .expect("a hedge to the fast peer");
+            assert!(hedge.0 >= 50 * MS, "{all:?}");
         }
     }
     assert!(hedged > 0, "no seed picked a slow peer first");
@@ -626,150 +101,235 @@ fn a_slow_peer_is_overtaken_by_a_hedge() {
 
 #[test]
 fn hedges_follow_observed_latency() {
-    let mut sim = Sim::new(3, 3);
+    let mut sim = Cluster::new(3, 3);
     let d = sim.give(1, "warm", 1000);
     sim.give(2, "warm", 1000);
     // Warm up: observed time-to-first-byte is 2 ms, so p80 is 2 ms.
     for _ in 0..20 {
-        sim.request(0, &d, None);
-        sim.run(sim.now + Duration::from_secs(1));
+        let r = sim.request(0, &d, None);
+        sim.run_for(S);
+        assert_eq!(served(&sim, r).2, d);
     }
-    assert_eq!(sim.nodes[&0].mirror().ttfb_percentile(80), 2 * MS);
-    assert_eq!(sim.nodes[&0].mirror().header_budget(), 100 * MS);
     let d2 = sim.give(1, "cold", 1000);
     sim.give(2, "cold", 1000);
-    sim.links.get_mut(&1).unwrap().ttfb = 40 * MS;
-    sim.links.get_mut(&2).unwrap().ttfb = 40 * MS;
-    let start = sim.now;
+    sim.link(1, |l| l.ttfb = 40 * MS);
+    sim.link(2, |l| l.ttfb = 40 * MS);
+    let start = sim.now();
     let r = sim.request(0, &d2, None);
-    sim.run(sim.now + Duration::from_secs(5));
+    sim.run_for(5 * S);
     // Both peers are asked: the second 2 ms after the first (p80 of the observed latency),
     // and the first answer wins.
-    let Outcome::Served { at, .. } = &sim.outcomes[&r] else {
-        panic!("{:?}", sim.outcomes[&r])
-    };
-    let served_after = *at - start;
+    let (_, _, digest, at) = served(&sim, r);
+    assert_eq!(digest, d2);
+    let served_after = at - start;
     assert!(
         served_after >= 40 * MS && served_after <= 45 * MS,
         "{served_after:?}"
     );
-    let fetches_for_cold = sim
-        .trace
-        .iter()
-        .filter(|t| t.contains("n0 Fetch") && t.starts_with(&format!("{:?}", start + MS)))
-        .count();
-    let hedged = sim
-        .trace
-        .iter()
-        .filter(|t| t.contains("n0 Fetch") && t.starts_with(&format!("{:?}", start + 3 * MS)))
-        .count();
-    assert_eq!(
-        (fetches_for_cold, hedged),
-        (1, 1),
-        "{:#?}",
-        &sim.trace[sim.trace.len() - 12..]
-    );
+    let trace = sim.trace();
+    let cold: Vec<_> = fetches(&trace, 0)
+        .into_iter()
+        .filter(|f| f.0 >= start)
+        .map(|f| f.0 - start)
+        .collect();
+    assert_eq!(cold, vec![MS, 3 * MS], "{:#?}", &trace[trace.len() - 12..]);
 }
 
 #[test]
 fn dead_and_lying_peers_are_skipped() {
-    let mut sim = Sim::new(4, 11);
+    let mut sim = Cluster::new(4, 11);
     let d = sim.give(1, "x", 5000);
     sim.give(2, "x", 5000);
     sim.give(3, "x", 5000);
-    sim.links.get_mut(&1).unwrap().dial = None;
-    sim.links.get_mut(&2).unwrap().lies = true;
+    sim.link(1, |l| l.dial = None);
+    sim.link(2, |l| l.lies = true);
     let r = sim.request(0, &d, None);
-    sim.run(Duration::from_secs(10));
-    let Outcome::Served { peers, bytes, .. } = &sim.outcomes[&r] else {
-        panic!("{:?}", sim.outcomes[&r])
-    };
-    assert_eq!(peers, &vec![3]);
-    assert_eq!(bytes, &vec![(0, 5000)]);
+    sim.run_until(10 * S);
+    let (status, len, digest, _) = served(&sim, r);
+    assert_eq!((status, len, digest), (200, 5000, d));
+    assert_eq!(sim.fed_by(0), vec![3]);
+    // The liar answered and was not relayed; the dead peer never connected.
+    let trace = sim.trace();
+    assert!(
+        trace
+            .iter()
+            .any(|r| r.node == 0 && r.event == Event::Connected { peer: 2 })
+    );
+    assert!(
+        !trace
+            .iter()
+            .any(|r| r.node == 0 && r.event == Event::Connected { peer: 1 })
+    );
+}
+
+#[test]
+fn a_peer_that_never_accepts_is_given_up_after_the_dial_budget() {
+    let mut sim = Cluster::new(2, 1);
+    let d = sim.give(1, "x", 5000);
+    sim.link(1, |l| l.dial = None);
+    let r = sim.request(0, &d, None);
+    sim.run_until(10 * S);
+    // Lookup 1 ms, then the 200 ms dial budget: not the 3 s manifest budget, not forever.
+    assert_eq!(
+        sim.outcome(r),
+        Some(Outcome::Failed {
+            status: 404,
+            message: format!("all 1 attempts failed for {d}"),
+            at: 201 * MS
+        })
+    );
+    assert_eq!(fetches(&sim.trace(), 0), vec![(MS, 1, FetchRange::Whole)]);
+}
+
+#[test]
+fn a_store_that_does_not_answer_is_given_up_after_the_store_budget() {
+    let mut sim = Cluster::new(3, 2);
+    let d = sim.give(1, "x", 1000);
+    sim.hang_store(0);
+    // Node 0's own client: the store budget (3 s) ends the wait, then node 0 mirrors.
+    let r = sim.request(0, &d, None);
+    sim.settle(10 * S);
+    let (status, _, digest, at) = served(&sim, r);
+    assert_eq!((status, digest), (200, d.clone()));
+    // 3 s, then lookup 1 ms, dial 1 ms, ttfb 2 ms, 1 ms of body.
+    assert_eq!(at, 3 * S + 5 * MS);
+    assert_eq!(sim.fed_by(0), vec![1]);
+    // A peer asking a node whose store hangs does not wait for that node's store budget:
+    // its own header budget (100 ms at least) gives up first.
+    sim.hang_store(1);
+    let start = sim.now();
+    let r = sim.request(2, &d, None);
+    sim.settle(start + 10 * S);
+    // Lookup 1 ms, dial 1 ms, then the 100 ms header budget: not node 1's 3 s.
+    assert_eq!(
+        sim.outcome(r),
+        Some(Outcome::Failed {
+            status: 404,
+            message: format!("all 1 attempts failed for {d}"),
+            at: start + 102 * MS
+        })
+    );
+    assert!(
+        !sim.trace()
+            .iter()
+            .any(|e| e.node == 2 && matches!(e.event, Event::Responded { .. }))
+    );
 }
 
 #[test]
 fn a_broken_body_is_resumed_and_contiguous() {
-    let mut sim = Sim::new(4, 5);
+    let mut sim = Cluster::new(4, 5);
     let d = sim.give(1, "big", 100_000);
     sim.give(2, "big", 100_000);
     sim.give(3, "big", 100_000);
     for p in [1, 2] {
-        sim.links.get_mut(&p).unwrap().break_after = Some(30_000);
+        sim.link(p, |l| l.break_after = Some(30_000));
     }
     let r = sim.request(0, &d, None);
-    sim.run(Duration::from_secs(10));
-    let Outcome::Served { bytes, peers, .. } = &sim.outcomes[&r] else {
-        panic!("{:?}", sim.outcomes[&r])
-    };
-    // Runs are contiguous and cover the whole blob exactly once.
-    let mut next = 0;
-    for (start, len) in bytes {
-        assert_eq!(*start, next, "{bytes:?}");
-        next += len;
-    }
-    assert_eq!(next, 100_000);
+    sim.run_until(10 * S);
+    // The client got exactly the blob: contiguous, complete, once (its digest matches).
+    let (status, len, digest, _) = served(&sim, r);
+    assert_eq!((status, len, digest), (200, 100_000, d));
+    let peers = sim.fed_by(0);
     assert!(peers.len() >= 2 && peers.ends_with(&[3]), "{peers:?}");
+    let trace = sim.trace();
     // The resume asked for exactly the rest.
     assert!(
-        sim.trace
-            .iter()
-            .any(|t| t.contains("range: FromTo { start: 30000, end: 99999 }"))
+        fetches(&trace, 0).iter().any(|f| f.2
+            == FetchRange::FromTo {
+                start: 30_000,
+                end: 99_999
+            }),
+        "{:?}",
+        fetches(&trace, 0)
     );
+    assert!(trace.iter().any(|r| matches!(
+        r.event,
+        Event::Body {
+            delivered: 30_000,
+            end: BodyEnd::Broke,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn a_client_range_is_resumed_inside_the_range() {
+    let mut resumed = 0;
+    for seed in 0..8 {
+        let mut sim = Cluster::new(3, seed);
+        let d = sim.give(1, "ranged", 100_000);
+        sim.give(2, "ranged", 100_000);
+        sim.link(1, |l| l.break_after = Some(10_000));
+        let r = sim.request(0, &d, Some("bytes=1000-49999"));
+        sim.run_until(10 * S);
+        let (status, len, digest, _) = served(&sim, r);
+        let want = Digest::sha256_of(&sim.blob(&d)[1000..50_000]);
+        assert_eq!((status, len, digest), (206, 49_000, want), "seed {seed}");
+        let trace = sim.trace();
+        let all = fetches(&trace, 0);
+        let range = |start, end| FetchRange::FromTo { start, end };
+        assert_eq!(all[0].2, range(1000, 49_999), "seed {seed}");
+        if all[0].1 == 1 {
+            // Peer 1 broke after 10 000 bytes of the range: the rest of the range, not of
+            // the blob.
+            resumed += 1;
+            assert_eq!(
+                all.last(),
+                Some(&(all.last().unwrap().0, 2, range(11_000, 49_999)))
+            );
+            assert_eq!(sim.fed_by(0), vec![1, 2], "seed {seed}");
+        }
+    }
+    assert!(resumed > 0, "no seed asked the breaking peer first");
 }
 
 #[test]
 fn no_peer_to_continue_aborts_instead_of_a_short_body() {
-    let mut sim = Sim::new(2, 5);
+    let mut sim = Cluster::new(2, 5);
     let d = sim.give(1, "big", 100_000);
-    sim.links.get_mut(&1).unwrap().break_after = Some(10_000);
+    sim.link(1, |l| l.break_after = Some(10_000));
     let r = sim.request(0, &d, None);
-    sim.run(Duration::from_secs(10));
-    assert_eq!(
-        sim.outcomes[&r],
-        Outcome::Aborted {
-            written: 10_000,
-            at: sim.outcomes.get(&r).map_or(Duration::ZERO, |o| match o {
-                Outcome::Aborted { at, .. } => *at,
-                _ => Duration::ZERO,
-            })
-        }
-    );
+    sim.run_until(10 * S);
+    let Some(Outcome::Aborted { written, .. }) = sim.outcome(r) else {
+        panic!("{:?}", sim.outcome(r))
+    };
+    assert_eq!(written, 10_000);
 }
 
 #[test]
 fn nobody_has_it_gives_a_404_within_the_resolve_budget() {
-    let mut sim = Sim::new(3, 5);
-    sim.lookup_latency = Duration::from_secs(5);
+    let mut sim = Cluster::new(3, 5);
+    sim.set_lookup_latency(5 * S);
     let d = Digest::sha256_of(b"nowhere");
-    sim.blobs.insert(d.clone(), 10);
     let r = sim.request(0, &d, None);
-    sim.run(Duration::from_secs(10));
+    sim.run_until(10 * S);
     assert_eq!(
-        sim.outcomes[&r],
-        Outcome::Failed {
+        sim.outcome(r),
+        Some(Outcome::Failed {
             status: 404,
             message: format!("could not find peer for {d}"),
             at: 20 * MS
-        }
+        })
     );
 }
 
 #[test]
 fn same_seed_same_trace() {
     let scenario = |seed| {
-        let mut sim = Sim::new(6, seed);
+        let mut sim = Cluster::new(6, seed);
         let d = sim.give(1, "b", 50_000);
         for p in 2..6 {
             sim.give(p, "b", 50_000);
-            sim.links.get_mut(&p).unwrap().ttfb = Duration::from_millis(u64::from(p) * 7);
+            sim.link(p, |l| l.ttfb = Duration::from_millis(u64::from(p) * 7));
         }
-        sim.links.get_mut(&2).unwrap().break_after = Some(20_000);
+        sim.link(2, |l| l.break_after = Some(20_000));
         for _ in 0..10 {
             sim.request(0, &d, None);
         }
-        sim.run(Duration::from_secs(30));
-        (sim.trace, sim.outcomes)
+        sim.settle(30 * S);
+        sim.run_until(30 * S);
+        (sim.trace(), sim.outcomes())
     };
     let a = scenario(42);
     assert_eq!(a, scenario(42));
@@ -778,6 +338,7 @@ fn same_seed_same_trace() {
         (0..8).any(|seed| scenario(seed).0 != a.0),
         "the trace does not depend on the seed"
     );
+    assert_eq!(a.1.len(), 10);
     assert!(
         a.1.values().all(|o| matches!(o, Outcome::Served { .. })),
         "{:?}",
@@ -787,54 +348,97 @@ fn same_seed_same_trace() {
 
 #[test]
 fn withdrawn_content_is_no_longer_found() {
-    let mut sim = Sim::new(2, 5);
+    let mut sim = Cluster::new(2, 5);
     let d = sim.give(1, "gone", 100);
-    let at = sim.at();
-    sim.nodes
-        .get_mut(&1)
-        .unwrap()
-        .handle(at, Input::Store(StoreEvent::Snapshot(vec![])))
-        .unwrap();
-    sim.after(1);
-    sim.holds.clear();
-    assert!(sim.dht.get(&Key::digest(&d)).is_none_or(|s| s.is_empty()));
+    assert_eq!(
+        sim.providers(&Key::digest(&d))
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    sim.clear(1);
+    assert!(sim.providers(&Key::digest(&d)).is_empty());
     let r = sim.request(0, &d, None);
-    sim.run(Duration::from_secs(1));
-    assert!(matches!(
-        sim.outcomes[&r],
-        Outcome::Failed { status: 404, .. }
-    ));
+    sim.run_for(S);
+    assert!(
+        matches!(sim.outcome(r), Some(Outcome::Failed { status: 404, .. })),
+        "{:?}",
+        sim.outcome(r)
+    );
+}
+
+#[test]
+fn advertise_and_withdraw_come_in_batches() {
+    let mut sim = Cluster::new(2, 5);
+    let a = sim.give(1, "a", 10);
+    let b = sim.give(1, "b", 10);
+    let batches = |sim: &Cluster| -> Vec<Event> {
+        sim.trace()
+            .into_iter()
+            .filter(|r| r.node == 1)
+            .filter(|r| matches!(r.event, Event::Advertise(_) | Event::Withdraw(_)))
+            .map(|r| r.event)
+            .collect()
+    };
+    // Each snapshot announces only what is new.
+    assert_eq!(
+        batches(&sim),
+        vec![
+            Event::Advertise(vec![Key::digest(&a)]),
+            Event::Advertise(vec![Key::digest(&b)])
+        ]
+    );
+    // Losing everything withdraws it in one sorted batch.
+    sim.clear(1);
+    let mut both = vec![Key::digest(&a), Key::digest(&b)];
+    both.sort();
+    assert_eq!(batches(&sim).last(), Some(&Event::Withdraw(both)));
+    // Node 0 never advertised anything.
+    assert!(
+        !sim.trace()
+            .iter()
+            .any(|r| r.node == 0 && matches!(&r.event, Event::Advertise(k) if !k.is_empty()))
+    );
 }
 
 #[test]
 fn a_stalled_body_is_resumed_by_the_core_watchdog() {
-    let mut sim = Sim::new(3, 5);
+    let mut sim = Cluster::new(3, 5);
     let d = sim.give(1, "stuck", 100_000);
     sim.give(2, "stuck", 100_000);
-    sim.links.get_mut(&1).unwrap().stall_after = Some(40_000);
-    sim.links.get_mut(&2).unwrap().stall_after = Some(40_000);
+    sim.link(1, |l| l.stall_after = Some(40_000));
+    sim.link(2, |l| l.stall_after = Some(40_000));
     let r = sim.request(0, &d, None);
-    sim.run(Duration::from_secs(60));
-    // Whichever peer went first stalled at 40 000 bytes; the other one resumed there and
-    // stalled at 40 000 bytes of its part; nobody is left, so the client is aborted with
-    // exactly what it got.
-    assert!(
-        sim.trace.iter().any(|t| t.contains("Interrupt")),
-        "{:#?}",
-        sim.trace
-    );
-    assert!(
-        sim.trace
-            .iter()
-            .any(|t| t.contains("range: FromTo { start: 40000, end: 99999 }"))
-    );
-    let Outcome::Aborted { written, at } = sim.outcomes[&r] else {
-        panic!("{:?}", sim.outcomes[&r])
+    sim.run_until(60 * S);
+    // Whichever peer went first stalled at 40 000 bytes; the watchdog interrupted it, the
+    // other one resumed there and stalled at 40 000 bytes of its part; nobody is left, so the
+    // client is aborted with exactly what it got.
+    let trace = sim.trace();
+    let stalled: Vec<_> = trace
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.event,
+                Event::Body {
+                    delivered: 40_000,
+                    end: BodyEnd::Stalled,
+                    ..
+                }
+            )
+        })
+        .map(|r| r.at)
+        .collect();
+    assert_eq!(stalled.len(), 2, "{trace:#?}");
+    assert!(fetches(&trace, 0).iter().any(|f| f.2
+        == FetchRange::FromTo {
+            start: 40_000,
+            end: 99_999
+        }));
+    let Some(Outcome::Aborted { written, at }) = sim.outcome(r) else {
+        panic!("{:?}", sim.outcome(r))
     };
     assert_eq!(written, 80_000);
     // Two stall periods per body (one to see progress, one to see none).
-    assert!(
-        at >= Duration::from_secs(20) && at < Duration::from_secs(21),
-        "{at:?}"
-    );
+    assert!(stalled[0] >= 10 * S && stalled[0] < 11 * S, "{stalled:?}");
+    assert!(at >= 20 * S && at < 21 * S, "{at:?}");
 }

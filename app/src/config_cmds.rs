@@ -177,7 +177,7 @@ async fn ask_containerd<R: Runtime>(rt: &R, sock: &Path) -> Result<Live> {
     let client = within(
         rt,
         ASK_TIMEOUT,
-        speil_containerd::Containerd::connect(&config),
+        speil_containerd::Containerd::connect(rt.clone(), &config),
     )
     .await
     .with_context(|| format!("timed out connecting to {}", sock.display()))??;

@@ -219,11 +219,14 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
             "content directory not readable: blobs are read through the containerd API"
         );
     }
-    let ctd = Containerd::connect(&speil_containerd::Config {
-        socket: args.containerd_sock.clone(),
-        namespace: args.containerd_namespace.clone(),
-        content_path,
-    })
+    let ctd = Containerd::connect(
+        rt.clone(),
+        &speil_containerd::Config {
+            socket: args.containerd_sock.clone(),
+            namespace: args.containerd_namespace.clone(),
+            content_path,
+        },
+    )
     .await
     .map_err(|e| {
         failure(format!(
@@ -275,7 +278,7 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         .map_err(|e| failure(format!("--registry-addr: {e}")))?;
 
     // The node and its driver.
-    let (store_events, _watch) = speil_containerd::tokio_rt::spawn_watch(
+    let (store_events, _watch) = speil_containerd::spawn_watch(
         ctd.clone(),
         speil_core::backoff::Backoff::containerd_reconnect(seed_of(&peer_id)),
     );
@@ -449,7 +452,7 @@ fn seed_of(peer: &PeerId) -> u64 {
 /// streamed blob, gets at most the core's `store_timeout`: a containerd that stops answering
 /// makes requests fail (or go to peers), not hang.
 struct ContainerdSource<R> {
-    client: Containerd,
+    client: Containerd<R>,
     timeout: Duration,
     rt: R,
 }

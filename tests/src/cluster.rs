@@ -2,7 +2,7 @@
 //! `hosts.toml` that `speil configuration` writes — the shape of a real cluster.
 
 use std::net::IpAddr;
-
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -54,6 +54,20 @@ impl Cluster {
     /// [`Cluster::start`] with node `i` running containerd `nodes[i].0` and speil build
     /// `nodes[i].1`.
     pub fn start_nodes(kinds: &[(Generation, Build)]) -> Result<Cluster> {
+        Cluster::start_binaries(kinds, Build::binary)
+    }
+
+    /// [`Cluster::start`] with every node running `build` from the binary at `binary` (e.g.
+    /// another commit's build).
+    pub fn start_binary(nodes: usize, build: Build, binary: &Path) -> Result<Cluster> {
+        let kinds = vec![(Generation::V1_6, build); nodes];
+        Cluster::start_binaries(&kinds, |_| Ok(binary.to_path_buf()))
+    }
+
+    fn start_binaries(
+        kinds: &[(Generation, Build)],
+        binary_of: impl Fn(Build) -> Result<PathBuf>,
+    ) -> Result<Cluster> {
         let nodes = kinds.len();
         let generations: Vec<Generation> = kinds.iter().map(|k| k.0).collect();
         let h = Harness::start_generations(&generations)?;
@@ -61,7 +75,7 @@ impl Cluster {
         let first: IpAddr = h.nodes[0].address;
         let mut speils = Vec::new();
         for (node, (_, build)) in h.nodes.iter().zip(kinds) {
-            let s = Speil::start_build(*build, node, ports, first, &[])?;
+            let s = Speil::start_binary(*build, &binary_of(*build)?, node, ports, first, &[])?;
             configure(node, &s, &h.registry.host())?;
             speils.push(s);
         }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use speil_containerd::{Config, Containerd};
+use speil_driver::tokio::Tokio;
+use speil_driver::{Runtime, RuntimeExt as _};
 
 use crate::CRI_NAMESPACE;
 
@@ -336,9 +338,14 @@ impl Node {
         }
     }
 
-    /// A client in the CRI namespace (see [`Node::adapter_config`]).
-    pub async fn client(&self, direct_files: bool) -> Result<Containerd> {
-        let client = Containerd::connect(&self.adapter_config(direct_files)).await?;
+    /// A client in the CRI namespace on tokio (see [`Node::adapter_config`]).
+    pub async fn client(&self, direct_files: bool) -> Result<Containerd<Tokio>> {
+        self.client_on(Tokio, direct_files).await
+    }
+
+    /// A client in the CRI namespace on `rt` (see [`Node::adapter_config`]).
+    pub async fn client_on<R: Runtime>(&self, rt: R, direct_files: bool) -> Result<Containerd<R>> {
+        let client = Containerd::connect(rt, &self.adapter_config(direct_files)).await?;
         if direct_files && client.content_path().is_none() {
             bail!(
                 "content directory {} is not readable",
@@ -351,7 +358,12 @@ impl Node {
     /// Pulls `image` through the CRI, as kubelet does (retries while the CRI plugin is still
     /// initialising). Returns the image reference the CRI reports.
     pub async fn cri_pull(&self, image: &str) -> Result<String> {
-        let client = self.client(false).await?;
+        self.cri_pull_on(Tokio, image).await
+    }
+
+    /// [`Node::cri_pull`] with a client on `rt`.
+    pub async fn cri_pull_on<R: Runtime>(&self, rt: R, image: &str) -> Result<String> {
+        let client = self.client_on(rt.clone(), false).await?;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             match client.cri_pull(image).await {
@@ -359,7 +371,7 @@ impl Node {
                 Err(e)
                     if e.to_string().contains("not initialized") && Instant::now() < deadline =>
                 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    rt.sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => {
                     return Err(e).with_context(|| {
@@ -399,7 +411,7 @@ fn probe_cri(config: Config, timeout: Duration) -> Result<()> {
             .build()?;
         rt.block_on(async {
             let deadline = Instant::now() + timeout;
-            let client = Containerd::connect(&config).await?;
+            let client = Containerd::connect(Tokio, &config).await?;
             loop {
                 match client.cri_status().await {
                     Ok(_) => return Ok(()),

@@ -134,6 +134,18 @@ impl Speil {
         bootstrap_from: impl Into<IpAddr>,
         extra: &[String],
     ) -> Result<Speil> {
+        Speil::start_binary(build, &build.binary()?, node, ports, bootstrap_from, extra)
+    }
+
+    /// [`Speil::start_build`] with the build's binary at `binary` (e.g. another commit's).
+    pub fn start_binary(
+        build: Build,
+        binary: &Path,
+        node: &Node,
+        ports: Ports,
+        bootstrap_from: impl Into<IpAddr>,
+        extra: &[String],
+    ) -> Result<Speil> {
         let a = node.address;
         let at = |port: u16| SocketAddr::new(a, port);
         let mut flags = vec![
@@ -148,7 +160,7 @@ impl Speil {
             ),
         ];
         flags.extend_from_slice(extra);
-        Speil::start_build_with(build, node, ports, &flags)
+        Speil::start_binary_with(build, binary, node, ports, &flags)
     }
 
     /// Starts `speil registry` for `node` (in its namespace, if it has one) with the listen
@@ -165,11 +177,21 @@ impl Speil {
         ports: Ports,
         flags: &[String],
     ) -> Result<Speil> {
+        Speil::start_binary_with(build, &build.binary()?, node, ports, flags)
+    }
+
+    fn start_binary_with(
+        build: Build,
+        binary: &Path,
+        node: &Node,
+        ports: Ports,
+        flags: &[String],
+    ) -> Result<Speil> {
         let dir = node.dir().join("speil");
         std::fs::create_dir_all(&dir)?;
         let log = dir.join("speil.log");
         let out = std::fs::File::create(&log)?;
-        let mut cmd = crate::netns::command(node.netns.as_deref(), build.binary()?);
+        let mut cmd = crate::netns::command(node.netns.as_deref(), binary);
         cmd.arg("registry")
             .arg(format!("--containerd-sock={}", node.socket().display()))
             .arg(format!(

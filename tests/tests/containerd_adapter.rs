@@ -1,34 +1,135 @@
-//! The containerd adapter against real containerd daemons and a real registry.
+//! The containerd adapter against real containerd daemons and a real registry, on every
+//! containerd generation the harness runs and on each runtime speil builds for: every test
+//! body is generic over [`Runtime`] and instantiated once per (generation, runtime) by
+//! [`on_each_generation!`], as `<test>::containerd_<version>::<runtime>`.
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use speil_containerd::{BlobBody, Containerd, StoreEvents, tokio_rt::spawn_watch};
+use futures::future::Either;
+use speil_containerd::{BlobBody, Containerd, StoreEvents, spawn_watch};
 use speil_core::Digest;
 use speil_core::backoff::Backoff;
 use speil_core::store::{ImageState, StoreEvent};
+use speil_driver::tokio::Tokio;
+use speil_driver::{Runtime, RuntimeExt as _};
 use speil_tests::containerd::mounts_under;
 use speil_tests::{Generation, Harness, TestImage, images};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 
+// --- runtimes ----------------------------------------------------------------------------------
+
+/// Runs a test body on tokio (two workers, as the `speil` binary runs).
+fn on_tokio<Fut: Future<Output = ()>>(test: impl FnOnce(Tokio) -> Fut) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test(Tokio));
+}
+
+/// Runs a test body on smol (the calling thread and one more, as many as tokio's workers),
+/// checking before and after that neither it nor the runtime's tasks run inside tokio.
+fn on_smol<Fut: Future<Output = ()>>(test: impl FnOnce(speil_driver::smol::Smol) -> Fut) {
+    let rt = speil_driver::smol::Smol::new();
+    rt.block_on(1, async {
+        no_tokio_in_tasks(&rt).await;
+        test(rt.clone()).await;
+        no_tokio_in_tasks(&rt).await;
+    });
+}
+
+/// Asserts that neither the calling task nor a task spawned on `rt` runs inside a tokio
+/// runtime: the adapter (tonic's channel and its tasks included) must not need one.
+async fn no_tokio_in_tasks<R: Runtime>(rt: &R) {
+    assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "a {} test body runs inside a tokio runtime",
+        rt.name()
+    );
+    let (tx, rx) = futures::channel::oneshot::channel();
+    rt.spawn(Box::pin(async move {
+        let _ = tx.send(tokio::runtime::Handle::try_current().is_err());
+    }));
+    assert!(
+        rx.await.unwrap(),
+        "a task spawned on {} runs inside a tokio runtime",
+        rt.name()
+    );
+}
+
+/// `test(rt, args…)` once per runtime, as `tokio` and `smol` tests.
+macro_rules! on_each_runtime {
+    ($test:ident($($arg:expr),*)) => {
+        #[test]
+        fn tokio() {
+            crate::on_tokio(|rt| crate::$test(rt, $($arg),*));
+        }
+
+        #[test]
+        fn smol() {
+            crate::on_smol(|rt| crate::$test(rt, $($arg),*));
+        }
+    };
+}
+
+/// `test(rt, generation)` once per containerd generation and runtime.
+macro_rules! on_each_generation {
+    ($test:ident) => {
+        mod $test {
+            mod containerd_1_6 {
+                on_each_runtime!($test(speil_tests::Generation::V1_6));
+            }
+            mod containerd_2_3 {
+                on_each_runtime!($test(speil_tests::Generation::V2_3));
+            }
+            mod containerd_2_4 {
+                on_each_runtime!($test(speil_tests::Generation::V2_4));
+            }
+        }
+    };
+}
+
+// A generation added to the harness must be added to `on_each_generation!`.
+const _: () = assert!(Generation::ALL.len() == 3);
+
+/// `fut`, or a panic naming `what` after `limit` on `rt`'s timer.
+async fn within<R: Runtime, T>(
+    rt: &R,
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> T {
+    futures::pin_mut!(fut);
+    match futures::future::select(fut, rt.sleep(limit)).await {
+        Either::Left((value, _)) => value,
+        Either::Right(_) => panic!("{what}: not done within {limit:?}"),
+    }
+}
+
 /// Waits for the first event matching `pred`, skipping others.
-async fn wait_for(
+async fn wait_for<R: Runtime>(
+    rt: &R,
     rx: &mut StoreEvents,
     what: &str,
     mut pred: impl FnMut(&StoreEvent) -> bool,
 ) -> StoreEvent {
-    let deadline = tokio::time::Instant::now() + EVENT_TIMEOUT;
+    let mut timeout = rt.sleep(EVENT_TIMEOUT);
     let mut skipped = Vec::new();
     loop {
-        match tokio::time::timeout_at(deadline, rx.next()).await {
-            Ok(Some(ev)) if pred(&ev) => return ev,
-            Ok(Some(ev)) => skipped.push(ev),
-            Ok(None) => panic!("event stream ended while waiting for {what}; saw {skipped:?}"),
-            Err(_) => panic!("no {what} within {EVENT_TIMEOUT:?}; saw {skipped:?}"),
+        match futures::future::select(rx.next(), &mut timeout).await {
+            Either::Left((Some(ev), _)) if pred(&ev) => return ev,
+            Either::Left((Some(ev), _)) => skipped.push(ev),
+            Either::Left((None, _)) => {
+                panic!("event stream ended while waiting for {what}; saw {skipped:?}")
+            }
+            Either::Right(_) => panic!("no {what} within {EVENT_TIMEOUT:?}; saw {skipped:?}"),
         }
     }
 }
@@ -67,8 +168,12 @@ fn assert_pulled(snapshot: &[ImageState], image: &TestImage, registry: &str, con
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn harness_starts_three_nodes_fast_and_leaves_nothing_behind() {
+mod harness_starts_three_nodes_fast_and_leaves_nothing_behind {
+    on_each_runtime!(harness_starts_three_nodes_fast_and_leaves_nothing_behind());
+}
+
+/// On containerd 1.6, whose CRI status carries the live configuration checked here.
+async fn harness_starts_three_nodes_fast_and_leaves_nothing_behind<R: Runtime>(rt: R) {
     if !speil_tests::require_components() {
         return;
     }
@@ -85,7 +190,7 @@ async fn harness_starts_three_nodes_fast_and_leaves_nothing_behind() {
     for node in &harness.nodes {
         assert!(addresses.insert(node.address), "distinct node addresses");
         assert!(node.address.is_loopback());
-        let client = node.client(true).await.unwrap();
+        let client = node.client_on(rt.clone(), true).await.unwrap();
         let status = client.cri_status().await.unwrap();
         let config: serde_json::Value =
             serde_json::from_str(status.config_json().expect("verbose status has config")).unwrap();
@@ -122,22 +227,9 @@ async fn harness_starts_three_nodes_fast_and_leaves_nothing_behind() {
     assert!(!dir.exists(), "harness directory {dir:?} left behind");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listing_and_walking_after_a_cri_pull_on_containerd_1_6() {
-    listing_and_walking_after_a_cri_pull(Generation::V1_6).await;
-}
+on_each_generation!(listing_and_walking_after_a_cri_pull);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listing_and_walking_after_a_cri_pull_on_containerd_2_3() {
-    listing_and_walking_after_a_cri_pull(Generation::V2_3).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn listing_and_walking_after_a_cri_pull_on_containerd_2_4() {
-    listing_and_walking_after_a_cri_pull(Generation::V2_4).await;
-}
-
-async fn listing_and_walking_after_a_cri_pull(generation: Generation) {
+async fn listing_and_walking_after_a_cri_pull<R: Runtime>(rt: R, generation: Generation) {
     if !speil_tests::require_components() {
         return;
     }
@@ -149,13 +241,18 @@ async fn listing_and_walking_after_a_cri_pull(generation: Generation) {
     harness.registry.push(small).unwrap();
     let node = &harness.nodes[0];
 
-    let image_ref = node.cri_pull(&multi.reference(&reg)).await.unwrap();
+    let image_ref = node
+        .cri_pull_on(rt.clone(), &multi.reference(&reg))
+        .await
+        .unwrap();
     let host = multi.host_platform().unwrap();
     assert_eq!(image_ref, host.config.to_string());
-    node.cri_pull(&small.reference(&reg)).await.unwrap();
+    node.cri_pull_on(rt.clone(), &small.reference(&reg))
+        .await
+        .unwrap();
 
     for direct in [true, false] {
-        let client = node.client(direct).await.unwrap();
+        let client = node.client_on(rt.clone(), direct).await.unwrap();
         let snapshot = client.snapshot().await.unwrap();
         assert_eq!(snapshot.len(), 6, "{snapshot:?}");
         assert_pulled(&snapshot, multi, &reg, &host.config);
@@ -205,8 +302,8 @@ async fn listing_and_walking_after_a_cri_pull(generation: Generation) {
     }
 }
 
-async fn read_range(
-    client: &Containerd,
+async fn read_range<R: Runtime>(
+    client: &Containerd<R>,
     digest: &Digest,
     offset: u64,
     len: Option<u64>,
@@ -231,23 +328,28 @@ async fn read_range(
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ranges_match_what_the_registry_serves() {
+on_each_generation!(ranges_match_what_the_registry_serves);
+
+async fn ranges_match_what_the_registry_serves<R: Runtime>(rt: R, generation: Generation) {
     if !speil_tests::require_components() {
         return;
     }
     let large = images::large().unwrap();
     let small = images::small().unwrap();
-    let harness = Harness::start(1).unwrap();
+    let harness = Harness::start_generations(&[generation]).unwrap();
     let reg = harness.registry.host();
     harness.registry.push(large).unwrap();
     harness.registry.push(small).unwrap();
     let node = &harness.nodes[0];
-    node.cri_pull(&large.reference(&reg)).await.unwrap();
-    node.cri_pull(&small.reference(&reg)).await.unwrap();
+    node.cri_pull_on(rt.clone(), &large.reference(&reg))
+        .await
+        .unwrap();
+    node.cri_pull_on(rt.clone(), &small.reference(&reg))
+        .await
+        .unwrap();
 
-    let file_client = node.client(true).await.unwrap();
-    let grpc_client = node.client(false).await.unwrap();
+    let file_client = node.client_on(rt.clone(), true).await.unwrap();
+    let grpc_client = node.client_on(rt.clone(), false).await.unwrap();
     let mib = 1u64 << 20;
     for image in [small, large] {
         let p = &image.platforms[0];
@@ -293,25 +395,27 @@ async fn ranges_match_what_the_registry_serves() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_for_pull_and_removal() {
+on_each_generation!(events_for_pull_and_removal);
+
+async fn events_for_pull_and_removal<R: Runtime>(rt: R, generation: Generation) {
     if !speil_tests::require_components() {
         return;
     }
     let small = images::small().unwrap();
-    let harness = Harness::start(1).unwrap();
+    let harness = Harness::start_generations(&[generation]).unwrap();
     let reg = harness.registry.host();
     harness.registry.push(small).unwrap();
     let node = &harness.nodes[0];
-    let client = node.client(true).await.unwrap();
-    let (mut rx, task) = spawn_watch(client.clone(), Backoff::containerd_reconnect(1));
+    let client = node.client_on(rt.clone(), true).await.unwrap();
+    let (mut rx, ended) = spawn_watch(client.clone(), Backoff::containerd_reconnect(1));
 
-    let first = wait_for(&mut rx, "initial snapshot", |_| true).await;
+    let first = wait_for(&rt, &mut rx, "initial snapshot", |_| true).await;
     assert_eq!(first, StoreEvent::Snapshot(vec![]));
 
     let tag = small.reference(&reg);
-    node.cri_pull(&tag).await.unwrap();
+    node.cri_pull_on(rt.clone(), &tag).await.unwrap();
     let ev = wait_for(
+        &rt,
         &mut rx,
         "ImagePut for the tag",
         |e| matches!(e, StoreEvent::ImagePut(s) if s.name == tag),
@@ -324,7 +428,7 @@ async fn events_for_pull_and_removal() {
     assert_eq!(present(&state), small.expected_after_pull().unwrap());
 
     client.remove_image(&tag).await.unwrap();
-    let ev = wait_for(&mut rx, "ImageDeleted for the tag", |e| {
+    let ev = wait_for(&rt, &mut rx, "ImageDeleted for the tag", |e| {
         matches!(e, StoreEvent::ImageDeleted { .. })
     })
     .await;
@@ -332,33 +436,41 @@ async fn events_for_pull_and_removal() {
     assert!(client.remove_image(&tag).await.unwrap_err().is_not_found());
 
     drop(rx);
-    tokio::time::timeout(Duration::from_secs(5), task)
-        .await
-        .expect("the watcher stops when its receiver is dropped")
-        .unwrap();
+    within(
+        &rt,
+        Duration::from_secs(5),
+        "the watcher stops when its receiver is dropped",
+        ended,
+    )
+    .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscription_resumes_after_containerd_restarts() {
+on_each_generation!(subscription_resumes_after_containerd_restarts);
+
+async fn subscription_resumes_after_containerd_restarts<R: Runtime>(rt: R, generation: Generation) {
     if !speil_tests::require_components() {
         return;
     }
     let small = images::small().unwrap();
     let multi = images::multi().unwrap();
-    let mut harness = Harness::start(1).unwrap();
+    let mut harness = Harness::start_generations(&[generation]).unwrap();
     let reg = harness.registry.host();
     harness.registry.push(small).unwrap();
     harness.registry.push(multi).unwrap();
-    let client = harness.nodes[0].client(true).await.unwrap();
-    let (mut rx, _task) = spawn_watch(client.clone(), Backoff::containerd_reconnect(1));
-    wait_for(&mut rx, "initial snapshot", |e| {
+    let client = harness.nodes[0].client_on(rt.clone(), true).await.unwrap();
+    let (mut rx, _ended) = spawn_watch(client.clone(), Backoff::containerd_reconnect(1));
+    wait_for(&rt, &mut rx, "initial snapshot", |e| {
         matches!(e, StoreEvent::Snapshot(_))
     })
     .await;
 
     let tag = small.reference(&reg);
-    harness.nodes[0].cri_pull(&tag).await.unwrap();
+    harness.nodes[0]
+        .cri_pull_on(rt.clone(), &tag)
+        .await
+        .unwrap();
     wait_for(
+        &rt,
         &mut rx,
         "ImagePut",
         |e| matches!(e, StoreEvent::ImagePut(s) if s.name == tag),
@@ -366,13 +478,16 @@ async fn subscription_resumes_after_containerd_restarts() {
     .await;
 
     harness.nodes[0].kill().unwrap();
-    wait_for(&mut rx, "Disconnected", |e| *e == StoreEvent::Disconnected).await;
+    wait_for(&rt, &mut rx, "Disconnected", |e| {
+        *e == StoreEvent::Disconnected
+    })
+    .await;
     harness.nodes[0].restart().unwrap();
-    let ev = wait_for(&mut rx, "resync snapshot", |e| {
+    let ev = wait_for(&rt, &mut rx, "resync snapshot", |e| {
         matches!(e, StoreEvent::Snapshot(_))
     })
     .await;
-    let fresh = harness.nodes[0].client(true).await.unwrap();
+    let fresh = harness.nodes[0].client_on(rt.clone(), true).await.unwrap();
     assert_eq!(ev, StoreEvent::Snapshot(fresh.snapshot().await.unwrap()));
     let StoreEvent::Snapshot(states) = ev else {
         unreachable!()
@@ -381,8 +496,12 @@ async fn subscription_resumes_after_containerd_restarts() {
 
     // Events flow again on the resumed subscription.
     let tag = multi.reference(&reg);
-    harness.nodes[0].cri_pull(&tag).await.unwrap();
+    harness.nodes[0]
+        .cri_pull_on(rt.clone(), &tag)
+        .await
+        .unwrap();
     let ev = wait_for(
+        &rt,
         &mut rx,
         "ImagePut after restart",
         |e| matches!(e, StoreEvent::ImagePut(s) if s.name == tag),
@@ -397,13 +516,14 @@ async fn subscription_resumes_after_containerd_restarts() {
     assert!(listed.contains(&state));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cri_pull_follows_the_nodes_hosts_toml() {
+on_each_generation!(cri_pull_follows_the_nodes_hosts_toml);
+
+async fn cri_pull_follows_the_nodes_hosts_toml<R: Runtime>(rt: R, generation: Generation) {
     if !speil_tests::require_components() {
         return;
     }
     let small = images::small().unwrap();
-    let harness = Harness::start(1).unwrap();
+    let harness = Harness::start_generations(&[generation]).unwrap();
     // The upstream registry is empty; only the mirror holds the image.
     let mirror =
         speil_tests::Registry::start(&harness.dir().join("mirror"), Duration::from_secs(10))
@@ -413,15 +533,15 @@ async fn cri_pull_follows_the_nodes_hosts_toml() {
     let upstream = harness.registry.host();
     let tag = small.reference(&upstream);
 
-    let err = node.cri_pull(&tag).await.unwrap_err();
+    let err = node.cri_pull_on(rt.clone(), &tag).await.unwrap_err();
     assert!(format!("{err:#}").contains("not found"), "{err:#}");
 
     let path = node
         .write_hosts_toml(&upstream, &format!("http://{}", mirror.host()))
         .unwrap();
     assert!(path.starts_with(node.certs_dir()));
-    node.cri_pull(&tag).await.unwrap();
-    let client = node.client(true).await.unwrap();
+    node.cri_pull_on(rt.clone(), &tag).await.unwrap();
+    let client = node.client_on(rt.clone(), true).await.unwrap();
     let snapshot = client.snapshot().await.unwrap();
     assert_pulled(&snapshot, small, &upstream, &small.platforms[0].config);
 }

@@ -10,11 +10,13 @@ use containerd_client::services::v1::{
     DeleteImageRequest, GetImageRequest, Image, InfoRequest, ListImagesRequest, ReadContentRequest,
     content_client::ContentClient, images_client::ImagesClient,
 };
-use futures::{Stream, StreamExt};
+use futures::{FutureExt as _, Stream, StreamExt};
 use speil_core::Digest;
 use speil_core::store::ImageState;
+use speil_driver::Runtime;
+use speil_driver::io::{Executor, hyper_io};
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::error::{Error, Result};
 use speil_core::manifest::MAX_MANIFEST_SIZE;
@@ -75,40 +77,101 @@ pub struct BlobRange {
     pub body: BlobBody,
 }
 
-/// A connection to one containerd, in one namespace.
-#[derive(Clone, Debug)]
-pub struct Containerd {
+/// A connection to one containerd, in one namespace, on the runtime `R`.
+#[derive(Clone)]
+pub struct Containerd<R> {
+    rt: R,
     channel: Channel,
     namespace: String,
     namespace_value: AsciiMetadataValue,
     content_path: Option<PathBuf>,
 }
 
-impl Containerd {
-    /// Wraps a channel the runtime built (any executor; see the crate docs).
+impl<R: Runtime> std::fmt::Debug for Containerd<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Containerd")
+            .field("runtime", &self.rt.name())
+            .field("namespace", &self.namespace)
+            .field("content_path", &self.content_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gRPC channel to the unix socket at `socket`, on `rt`: tonic's tasks (the connection
+/// and its request buffer) are spawned on `rt`, the socket is `rt`'s. No tonic timeout or
+/// keep-alive is set (either would need tokio's timer); deadlines are the core's. The
+/// channel reconnects by itself when containerd comes back after a restart.
+pub async fn connect_unix<R: Runtime>(rt: &R, socket: &Path) -> Result<Channel> {
+    // The URI is not dialled (the connector ignores it); `[::]` only names the authority.
+    let endpoint = Endpoint::from_static("http://[::]:50051").executor(Executor(rt.clone()));
+    let (rt, target) = (rt.clone(), socket.to_path_buf());
+    endpoint
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            rt.connect_unix(&target).map(|conn| conn.map(hyper_io))
+        }))
+        .await
+        .map_err(|source| Error::Connect {
+            path: socket.to_path_buf(),
+            source,
+        })
+}
+
+impl<R: Runtime> Containerd<R> {
+    /// Connects to containerd as `config` says, on `rt`.
+    pub async fn connect(rt: R, config: &Config) -> Result<Containerd<R>> {
+        let channel = connect_unix(&rt, &config.socket).await?;
+        Containerd::from_channel(
+            rt,
+            channel,
+            &config.namespace,
+            config.content_path.as_deref(),
+        )
+        .await
+    }
+
+    /// Wraps a channel built on `rt` (see [`connect_unix`]).
     ///
-    /// `content_path` is used only when it is a readable directory now; a blob whose file
-    /// cannot be opened is still read through the content API.
-    pub fn from_channel(
+    /// `content_path` is used only when it is a readable directory now (checked on a
+    /// blocking thread); a blob whose file cannot be opened is still read through the
+    /// content API.
+    pub async fn from_channel(
+        rt: R,
         channel: Channel,
         namespace: &str,
         content_path: Option<&Path>,
-    ) -> Result<Containerd> {
+    ) -> Result<Containerd<R>> {
         let namespace_value: AsciiMetadataValue = namespace
             .parse()
             .map_err(|_| Error::InvalidNamespace(namespace.to_owned()))?;
         if namespace.is_empty() {
             return Err(Error::InvalidNamespace(namespace.to_owned()));
         }
-        let content_path = content_path
-            .filter(|p| std::fs::read_dir(p).is_ok())
-            .map(Path::to_path_buf);
+        let content_path = match content_path.map(Path::to_path_buf) {
+            None => None,
+            Some(path) => {
+                let checked = path.clone();
+                let readable = rt
+                    .spawn_blocking(move || std::fs::read_dir(&checked).is_ok())
+                    .await
+                    .map_err(|source| Error::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                readable.then_some(path)
+            }
+        };
         Ok(Containerd {
+            rt,
             channel,
             namespace: namespace.to_owned(),
             namespace_value,
             content_path,
         })
+    }
+
+    /// The runtime this client spawns and waits on.
+    pub fn runtime(&self) -> &R {
+        &self.rt
     }
 
     /// The namespace this client works in.
@@ -237,15 +300,8 @@ impl Containerd {
         len: Option<u64>,
     ) -> Result<BlobRange> {
         if let Some(path) = self.blob_path(digest)
-            && let Ok(file) = File::open(&path)
+            && let Some((file, size)) = self.open_file(path).await?
         {
-            let size = file
-                .metadata()
-                .map_err(|source| Error::Io {
-                    path: path.clone(),
-                    source,
-                })?
-                .len();
             let len = check_range(digest, offset, len, size)?;
             return Ok(BlobRange {
                 size,
@@ -271,6 +327,22 @@ impl Containerd {
             len,
             body: BlobBody::Stream(stream),
         })
+    }
+
+    /// Opens a blob's file and reads its size, on a blocking thread (an open or `fstat` on
+    /// a slow disk must not stall the runtime's workers). `None`: the file cannot be opened
+    /// (absent, or not readable), so the content API answers instead.
+    async fn open_file(&self, path: PathBuf) -> Result<Option<(File, u64)>> {
+        let at = path.clone();
+        let opened = self
+            .rt
+            .spawn_blocking(move || match File::open(&at) {
+                Err(_) => Ok(None),
+                Ok(file) => file.metadata().map(|m| Some((file, m.len()))),
+            })
+            .await
+            .and_then(|r| r);
+        opened.map_err(|source| Error::Io { path, source })
     }
 
     async fn read_stream(&self, digest: &Digest, offset: u64, len: u64) -> Result<ByteStream> {
@@ -349,12 +421,18 @@ impl Containerd {
         let bytes = match range.body {
             BlobBody::File(file) => {
                 let path = self.blob_path(digest).unwrap_or_default();
-                let mut buf = Vec::with_capacity(usize::try_from(range.size).unwrap_or(0));
-                use std::io::Read;
-                file.take(limit + 1)
-                    .read_to_end(&mut buf)
-                    .map_err(|source| Error::Io { path, source })?;
-                Bytes::from(buf)
+                let capacity = usize::try_from(range.size).unwrap_or(0);
+                // On a blocking thread: a manifest read from disk is file-system work.
+                let read = self
+                    .rt
+                    .spawn_blocking(move || {
+                        use std::io::Read;
+                        let mut buf = Vec::with_capacity(capacity);
+                        file.take(limit + 1).read_to_end(&mut buf).map(|_| buf)
+                    })
+                    .await
+                    .and_then(|r| r);
+                Bytes::from(read.map_err(|source| Error::Io { path, source })?)
             }
             BlobBody::Stream(mut stream) => {
                 let mut buf = Vec::new();

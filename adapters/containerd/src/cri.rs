@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use speil_driver::Runtime;
 use tonic::codegen::http::uri::PathAndQuery;
 
 use crate::client::Containerd;
@@ -107,7 +108,7 @@ impl CriStatus {
     }
 }
 
-impl Containerd {
+impl<R: Runtime> Containerd<R> {
     async fn cri_unary<Req, Resp>(&self, path: &'static str, message: Req) -> Result<Resp>
     where
         Req: prost::Message + Send + Sync + 'static,

@@ -2,11 +2,12 @@
 
 use containerd_client::services::v1::{PluginsRequest, introspection_client::IntrospectionClient};
 use speil_core::containerd_config::IntrospectedPlugin;
+use speil_driver::Runtime;
 
 use crate::client::Containerd;
 use crate::error::{Error, Result};
 
-impl Containerd {
+impl<R: Runtime> Containerd<R> {
     /// `Introspection/Plugins` with `filters` (containerd's filter syntax, e.g. `id==images`;
     /// a plugin matching any filter is listed): each plugin's type, id, exports, requirements
     /// and capabilities.

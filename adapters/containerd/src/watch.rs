@@ -1,13 +1,12 @@
-//! Following the store: events, reconnects, periodic re-checks, as [`StoreEvent`]s.
+//! Following the store: events and reconnects, as [`StoreEvent`]s.
 //!
-//! The watcher is a plain future over a [`Sleep`] provided by the runtime, so it runs on any
-//! executor; [`crate::tokio_rt::spawn_watch`] is the tokio convenience.
+//! The watcher is a plain future that waits only on the client's [`Runtime`] (its timer, for
+//! the reconnect delays the core's [`Backoff`] gives); [`spawn_watch`] spawns it there.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use containerd_client::events::ContentCreate;
 use containerd_client::services::v1::{
@@ -15,20 +14,15 @@ use containerd_client::services::v1::{
 };
 use containerd_client::types::Envelope;
 use futures::channel::{mpsc, oneshot};
-use futures::{SinkExt, Stream, StreamExt, TryFutureExt};
+use futures::{FutureExt as _, SinkExt, Stream, StreamExt, TryFutureExt};
 use prost::Message;
 use speil_core::Digest;
 use speil_core::backoff::Backoff;
 use speil_core::store::StoreEvent;
+use speil_driver::{Runtime, RuntimeExt as _};
 
 use crate::client::Containerd;
 use crate::error::Error;
-
-/// A timer supplied by the runtime.
-pub trait Sleep: Send + Sync + 'static {
-    /// A future that completes after `duration`.
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Future<Output = ()> + Send>>;
-}
 
 /// The event topics followed.
 const TOPICS: [&str; 4] = [
@@ -82,9 +76,8 @@ enum Stop {
     Lost,
 }
 
-struct Watcher<S> {
-    client: Containerd,
-    sleep: S,
+struct Watcher<R> {
+    client: Containerd<R>,
     /// The core's reconnect policy.
     backoff: Backoff,
     tx: mpsc::Sender<StoreEvent>,
@@ -108,14 +101,14 @@ impl Stream for StoreEvents {
 }
 
 /// Follows the store: returns the event stream and the future that feeds it (spawn it on
-/// the runtime). The future never gives up on containerd failures: it emits
-/// [`StoreEvent::Disconnected`] once per outage, reconnects after the delays `backoff` gives
-/// and resyncs with a [`StoreEvent::Snapshot`]. Periodic re-checks (containerd's garbage
-/// collection removes content without an event) are the core's: its timer asks the driver for
-/// a snapshot. It ends when the [`StoreEvents`] is dropped.
-pub fn watch<S: Sleep>(
-    client: Containerd,
-    sleep: S,
+/// the client's runtime, or use [`spawn_watch`]). The future never gives up on containerd
+/// failures: it emits [`StoreEvent::Disconnected`] once per outage, reconnects after the
+/// delays `backoff` gives (waiting on the runtime's timer) and resyncs with a
+/// [`StoreEvent::Snapshot`]. Periodic re-checks (containerd's garbage collection removes
+/// content without an event) are the core's: its timer asks the driver for a snapshot. It
+/// ends when the [`StoreEvents`] is dropped.
+pub fn watch<R: Runtime>(
+    client: Containerd<R>,
     backoff: Backoff,
 ) -> (StoreEvents, impl Future<Output = ()> + Send + 'static) {
     let (tx, rx) = mpsc::channel(64);
@@ -123,7 +116,6 @@ pub fn watch<S: Sleep>(
     let task = async move {
         let mut w = Watcher {
             client,
-            sleep,
             backoff,
             tx,
             missing: BTreeMap::new(),
@@ -136,7 +128,36 @@ pub fn watch<S: Sleep>(
     (StoreEvents { rx, _stop: stop_tx }, task)
 }
 
-impl<S: Sleep> Watcher<S> {
+/// Spawns [`watch`] on the client's runtime. Drop the [`StoreEvents`] to stop the task; the
+/// [`WatchEnded`] completes when it has ended (it may be dropped: the task runs on).
+pub fn spawn_watch<R: Runtime>(
+    client: Containerd<R>,
+    backoff: Backoff,
+) -> (StoreEvents, WatchEnded) {
+    let rt = client.runtime().clone();
+    let (events, task) = watch(client, backoff);
+    let (ended_tx, ended_rx) = oneshot::channel();
+    rt.spawn(Box::pin(async move {
+        task.await;
+        let _ = ended_tx.send(());
+    }));
+    (events, WatchEnded(ended_rx))
+}
+
+/// Completes when a [`spawn_watch`] task has ended (or was dropped by its runtime).
+#[derive(Debug)]
+#[must_use = "dropping it does not stop the watcher; drop the StoreEvents"]
+pub struct WatchEnded(oneshot::Receiver<()>);
+
+impl Future for WatchEnded {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.0.poll_unpin(cx).map(|_| ())
+    }
+}
+
+impl<R: Runtime> Watcher<R> {
     async fn run(&mut self) {
         let mut connected = true;
         loop {
@@ -150,7 +171,7 @@ impl<S: Sleep> Watcher<S> {
                         }
                     }
                     let delay = self.backoff.next_delay();
-                    self.sleep.sleep(delay).await;
+                    self.client.runtime().sleep(delay).await;
                 }
             }
         }

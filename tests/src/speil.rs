@@ -326,6 +326,39 @@ impl Speil {
         self.child.as_ref().map(Child::id)
     }
 
+    /// The names of the process's threads (`/proc/<pid>/task/*/comm`; the kernel keeps 15
+    /// bytes of each).
+    pub fn thread_names(&self) -> Result<Vec<String>> {
+        let pid = self.pid().context("speil is not running")?;
+        let mut names = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let comm = std::fs::read_to_string(task?.path().join("comm"))?;
+            names.push(comm.trim_end().to_owned());
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Checks that the process runs on its build's runtime only: the tokio build has tokio
+    /// workers; the smol build has its executor threads and no tokio worker at all.
+    pub fn check_runtime_threads(&self) -> Result<()> {
+        let names = self.thread_names()?;
+        let tokio = names.iter().filter(|n| n.starts_with("tokio")).count();
+        let smol = names
+            .iter()
+            .filter(|n| n.starts_with("speil-smol-"))
+            .count();
+        match self.build {
+            Build::Tokio if tokio == 0 => bail!("the tokio build has no tokio worker: {names:?}"),
+            Build::Smol if tokio > 0 || smol == 0 => {
+                bail!(
+                    "the smol build must run smol executor threads and no tokio worker: {names:?}"
+                )
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The whole log (JSON lines).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

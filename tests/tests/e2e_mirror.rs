@@ -223,6 +223,16 @@ async fn registry_api_statuses_over_real_http(kind: ClusterKind) -> Result<()> {
     c.h.registry.push(small)?;
     c.h.nodes[0].cri_pull(&small.reference(&reg)).await?;
     let s = &c.speils[0];
+    // It runs on its build's runtime alone (no tokio runtime inside speil-smol).
+    s.check_runtime_threads()?;
+    let version = std::process::Command::new(s.build.binary()?)
+        .arg("version")
+        .output()?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains(&format!("runtime {}", s.build.runtime())),
+        "{version}"
+    );
     let a = s.registry_addr();
     let ns = reg.replace(':', "%3A");
     let p = small.host_platform()?;

@@ -166,8 +166,12 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
                 router_addrs.iter().map(SocketAddr::ip).collect()
             };
             Arc::new(
-                DnsBootstrap::new(domain, router_port, Arc::new(SystemResolver::new(rt.clone())))
-                    .excluding(&own),
+                DnsBootstrap::new(
+                    domain,
+                    router_port,
+                    Arc::new(SystemResolver::new(rt.clone())),
+                )
+                .excluding(&own),
             )
         }
         BootstrapKind::Http => {

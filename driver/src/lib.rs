@@ -23,8 +23,8 @@ pub mod smol;
 pub mod tokio;
 
 pub use node::{
-    Decision, DriverConfig, DriverHandle, ImageSummary, Parts, PipeControl, PipeEvent, PipeReporter,
-    Relay, Shared,
+    Decision, DriverConfig, DriverHandle, ImageSummary, Parts, PipeControl, PipeEvent,
+    PipeReporter, Relay, Shared,
 };
 pub use ports::{BlobBody, ContentStore, PeerClient, PeerRequest, Provider, Router, SourceError};
 pub use runtime::{Runtime, RuntimeExt, Timer};

@@ -720,8 +720,6 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// The bounds of a request head, for the codec.
-
 /// Parses a request head from the start of `buf` with the h1 codec: `None` when it is not
 /// complete yet, else the head and its length.
 fn parse_head(buf: &[u8], limits: &ServerLimits) -> Result<Option<(Head, usize)>, HeadError> {

@@ -29,9 +29,6 @@ use crate::{fsplan, probe, within};
 /// Where Spegel's chart mounts the optional basic-auth secret.
 const BASIC_AUTH_DIR: &str = "/etc/secrets/basic-auth";
 
-/// Longest wait for each of containerd's answers to `doctor` and the start-up check.
-const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-
 // ---------------------------------------------------------------- doctor
 
 /// The containerd files, read from disk, and what reading them found.
@@ -176,25 +173,33 @@ async fn ask_containerd<R: Runtime>(rt: &R, sock: &Path) -> Result<Live> {
     };
     let client = within(
         rt,
-        ASK_TIMEOUT,
+        speil_core::limits::CONTAINERD_ASK_BUDGET,
         speil_containerd::Containerd::connect(rt.clone(), &config),
     )
     .await
     .with_context(|| format!("timed out connecting to {}", sock.display()))??;
-    let version = within(rt, ASK_TIMEOUT, client.cri_runtime_version())
-        .await
-        .context("timed out waiting for the CRI version")?
-        .context("CRI version call failed")?;
-    let status = within(rt, ASK_TIMEOUT, client.cri_status())
-        .await
-        .context("timed out waiting for the CRI status")?
-        .context("CRI status call failed")?;
+    let version = within(
+        rt,
+        speil_core::limits::CONTAINERD_ASK_BUDGET,
+        client.cri_runtime_version(),
+    )
+    .await
+    .context("timed out waiting for the CRI version")?
+    .context("CRI version call failed")?;
+    let status = within(
+        rt,
+        speil_core::limits::CONTAINERD_ASK_BUDGET,
+        client.cri_status(),
+    )
+    .await
+    .context("timed out waiting for the CRI status")?
+    .context("CRI status call failed")?;
     let version = parse_runtime_version(&version).map_err(|e| e.to_string());
     let introspection = match &version {
         Ok(v) if v.generation == RuntimeGeneration::V2Live => Some(
             match within(
                 rt,
-                ASK_TIMEOUT,
+                speil_core::limits::CONTAINERD_ASK_BUDGET,
                 client.introspection_plugins(&[CRI_IMAGES_FILTER]),
             )
             .await

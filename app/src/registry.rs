@@ -9,43 +9,27 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Result;
-use futures::future::BoxFuture;
-use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
-use speil_containerd::{BlobBody as CtdBody, Containerd};
+use speil_containerd::{Containerd, ContainerdStore};
 use speil_core::filter::RegistryFilter;
 use speil_core::mirror::MirrorConfig;
 use speil_core::node::{Node, NodeConfig};
-use speil_core::store::ImageState;
-use speil_core::{Digest, Key};
 use speil_driver::metrics::Metrics;
-use speil_driver::{
-    BlobBody, ContentStore, DriverConfig, Parts, Provider, Router, Runtime, SourceError,
-};
+use speil_driver::{ContentStore, DriverConfig, Parts, Router, Runtime};
 use speil_http::HyperPeers;
 use speil_http::server::{RegistryService, ServerConfig};
 use speil_p2p::bootstrap::{
     Bootstrap, DnsBootstrap, HttpBootstrap, StaticBootstrap, SystemResolver,
 };
-use speil_p2p::{Handle, PeerId};
+use speil_p2p::{P2pRouter, PeerId};
 use std::net::TcpListener;
 
 use crate::cli::{BootstrapKind, ListenAddr, RegistryArgs};
 
 /// Where Spegel's Helm chart mounts the basic-auth secret.
 const BASIC_AUTH_DIR: &str = "/etc/secrets/basic-auth";
-
-/// The full store re-check interval (SPEC.md §4).
-const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
-
-/// How long SIGTERM waits for transfers in flight before the process exits anyway.
-const DRAIN_BUDGET: Duration = Duration::from_secs(60);
-
-/// How long one HTTP bootstrap `/id` exchange may take.
-const ID_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A start-up failure: exit code and one line.
 struct Fatal(u8, String);
@@ -270,8 +254,13 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         let listener = rt
             .listen(listener)
             .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
-        speil_p2p::serve_id_on(rt.clone(), listener, handle.clone(), ID_EXCHANGE_TIMEOUT)
-            .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
+        speil_p2p::serve_id_on(
+            rt.clone(),
+            listener,
+            handle.clone(),
+            speil_core::limits::ID_EXCHANGE_BUDGET,
+        )
+        .map_err(|e| failure(format!("--http-bootstrap-addr: {e}")))?;
     }
 
     // Listeners before anything is announced, so that a taken port fails the start.
@@ -287,11 +276,8 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         speil_core::backoff::Backoff::containerd_reconnect(seed_of(&peer_id)),
     );
     let mut config = NodeConfig::new(peer_id);
-    let source: Arc<dyn ContentStore> = Arc::new(ContainerdSource {
-        client: ctd,
-        timeout: config.store_timeout,
-        rt: rt.clone(),
-    });
+    let source: Arc<dyn ContentStore> =
+        Arc::new(ContainerdStore::new(rt.clone(), ctd, config.store_timeout));
     let router: Arc<dyn Router<PeerId>> = Arc::new(P2pRouter(handle.clone()));
     config.mirror = MirrorConfig {
         resolve_timeout: args.mirror_resolve_timeout,
@@ -299,7 +285,6 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         ..MirrorConfig::default()
     };
     config.filter = filter;
-    config.recheck_interval = RECHECK_INTERVAL;
     config.seed = seed_of(&peer_id);
     let mut registry = prometheus_client::registry::Registry::default();
     registry.register_collector(Box::new(crate::process_metrics::ProcessCollector));
@@ -397,7 +382,7 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
     tracing::info!("shutting down: finishing transfers in flight");
     shared.shutdown();
     let _ = registry_stop.send(());
-    if crate::within(&rt, DRAIN_BUDGET, registry_ended)
+    if crate::within(&rt, speil_core::limits::DRAIN_BUDGET, registry_ended)
         .await
         .is_none()
     {
@@ -450,199 +435,6 @@ fn readable_dir(path: &Path) -> Option<std::path::PathBuf> {
 /// between nodes.
 fn seed_of(peer: &PeerId) -> u64 {
     speil_p2p::seed_of(peer)
-}
-
-/// containerd as the registry server's content source. Every call, and every chunk of a
-/// streamed blob, gets at most the core's `store_timeout`: a containerd that stops answering
-/// makes requests fail (or go to peers), not hang.
-struct ContainerdSource<R> {
-    client: Containerd<R>,
-    timeout: Duration,
-    rt: R,
-}
-
-impl<R: Runtime> ContainerdSource<R> {
-    async fn within<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T, speil_containerd::Error>>,
-    ) -> Result<Result<T, speil_containerd::Error>, SourceError> {
-        crate::within(&self.rt, self.timeout, call)
-            .await
-            .ok_or_else(|| {
-                SourceError::new(format!(
-                    "containerd did not answer within {:?}",
-                    self.timeout
-                ))
-            })
-    }
-}
-
-/// A stream whose every item must arrive within `timeout`, else it ends with an error.
-fn stalls_fail<R, S>(
-    rt: R,
-    stream: S,
-    timeout: Duration,
-) -> BoxStream<'static, std::io::Result<bytes::Bytes>>
-where
-    R: Runtime,
-    S: futures::Stream<Item = std::io::Result<bytes::Bytes>> + Send + Unpin + 'static,
-{
-    futures::stream::unfold(Some(stream), move |state| {
-        let rt = rt.clone();
-        async move {
-            let mut stream = state?;
-            match crate::within(&rt, timeout, stream.next()).await {
-                Some(Some(item)) => Some((item, Some(stream))),
-                Some(None) => None,
-                None => Some((
-                    Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("containerd sent nothing for {timeout:?}"),
-                    )),
-                    None,
-                )),
-            }
-        }
-    })
-    .boxed()
-}
-
-fn source_error(e: speil_containerd::Error) -> Result<(), SourceError> {
-    if e.is_not_found() {
-        Ok(())
-    } else {
-        Err(SourceError::new(e))
-    }
-}
-
-impl<R: Runtime> ContentStore for ContainerdSource<R> {
-    fn resolve_tag<'a>(
-        &'a self,
-        image: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Digest>, SourceError>> {
-        async move {
-            match self.within(self.client.resolve(image)).await? {
-                Ok(d) => Ok(d),
-                Err(e) => source_error(e).map(|()| None),
-            }
-        }
-        .boxed()
-    }
-
-    fn size<'a>(&'a self, digest: &'a Digest) -> BoxFuture<'a, Result<Option<u64>, SourceError>> {
-        async move {
-            match self.within(self.client.content_info(digest)).await? {
-                Ok(info) => Ok(info.map(|i| i.size)),
-                Err(e) => source_error(e).map(|()| None),
-            }
-        }
-        .boxed()
-    }
-
-    fn read_manifest<'a>(
-        &'a self,
-        digest: &'a Digest,
-    ) -> BoxFuture<'a, Result<Option<bytes::Bytes>, SourceError>> {
-        async move {
-            let limit = speil_core::manifest::MAX_MANIFEST_SIZE as u64;
-            match self.within(self.client.read_small(digest, limit)).await? {
-                Ok(b) => Ok(Some(b)),
-                Err(e) => source_error(e).map(|()| None),
-            }
-        }
-        .boxed()
-    }
-
-    fn open_blob<'a>(
-        &'a self,
-        digest: &'a Digest,
-        offset: u64,
-        len: u64,
-    ) -> BoxFuture<'a, Result<Option<BlobBody>, SourceError>> {
-        async move {
-            match self
-                .within(self.client.read_blob(digest, offset, Some(len)))
-                .await?
-            {
-                Ok(range) => Ok(Some(match range.body {
-                    CtdBody::File(file) => BlobBody::File {
-                        file,
-                        offset: range.offset,
-                        len: range.len,
-                    },
-                    CtdBody::Stream(s) => BlobBody::Stream(stalls_fail(
-                        self.rt.clone(),
-                        s.map(|r| r.map_err(std::io::Error::other)),
-                        self.timeout,
-                    )),
-                })),
-                Err(e) => source_error(e).map(|()| None),
-            }
-        }
-        .boxed()
-    }
-
-    fn snapshot(&self) -> BoxFuture<'_, Result<Vec<ImageState>, SourceError>> {
-        async move {
-            self.within(self.client.snapshot())
-                .await?
-                .map_err(SourceError::new)
-        }
-        .boxed()
-    }
-}
-
-/// The libp2p DHT as the driver's router.
-struct P2pRouter(Handle);
-
-impl Router<PeerId> for P2pRouter {
-    fn name(&self) -> &str {
-        "libp2p"
-    }
-
-    fn lookup(&self, key: &Key, count: usize) -> BoxStream<'static, Provider<PeerId>> {
-        match self.0.lookup(key, count) {
-            Ok(stream) => stream
-                .map(|p| Provider {
-                    peer: p.peer,
-                    ips: p.ips,
-                })
-                .boxed(),
-            Err(e) => {
-                tracing::warn!(error = %e, "lookup failed");
-                futures::stream::empty().boxed()
-            }
-        }
-    }
-
-    fn advertise(&self, keys: Vec<Key>) -> BoxFuture<'static, ()> {
-        if let Err(e) = self.0.advertise(keys) {
-            tracing::warn!(error = %e, "advertise failed");
-        }
-        futures::future::ready(()).boxed()
-    }
-
-    fn withdraw(&self, keys: Vec<Key>) -> BoxFuture<'static, ()> {
-        if let Err(e) = self.0.withdraw(keys) {
-            tracing::warn!(error = %e, "withdraw failed");
-        }
-        futures::future::ready(()).boxed()
-    }
-
-    fn ready(&self) -> bool {
-        self.0.is_ready()
-    }
-
-    fn peers(&self) -> Vec<String> {
-        self.0
-            .peers()
-            .into_iter()
-            .map(|p| {
-                let addrs: Vec<String> = p.addrs.iter().map(ToString::to_string).collect();
-                format!("{} {}", p.peer, addrs.join(" "))
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,9 @@ pub struct ServerLimits {
     pub linger: Duration,
     /// Most bytes read and discarded while lingering.
     pub linger_bytes: usize,
+    /// How long the accept loop waits after a failed accept (out of file descriptors and the
+    /// like) before accepting again.
+    pub accept_retry: Duration,
 }
 
 impl Default for ServerLimits {
@@ -28,6 +31,16 @@ impl Default for ServerLimits {
             max_headers: 100,
             linger: Duration::from_secs(1),
             linger_bytes: 256 * 1024,
+            accept_retry: Duration::from_millis(50),
         }
     }
 }
+
+/// How long SIGTERM lets transfers in flight finish before the process exits anyway.
+pub const DRAIN_BUDGET: Duration = Duration::from_secs(60);
+
+/// How long one HTTP bootstrap `/id` exchange may take (server side).
+pub const ID_EXCHANGE_BUDGET: Duration = Duration::from_secs(5);
+
+/// How long `doctor` and the start-up check wait for each of containerd's answers.
+pub const CONTAINERD_ASK_BUDGET: Duration = Duration::from_secs(5);

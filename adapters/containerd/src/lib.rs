@@ -30,6 +30,7 @@ mod client;
 mod cri;
 mod error;
 mod introspection;
+mod store;
 mod watch;
 
 #[cfg(test)]
@@ -39,4 +40,5 @@ pub use client::{BlobBody, BlobRange, ByteStream, Config, Containerd, ContentInf
 pub use containerd_client::services::v1::Image;
 pub use cri::{CriCondition, CriStatus};
 pub use error::{Error, Result};
+pub use store::ContainerdStore;
 pub use watch::{StoreEvents, WatchEnded, spawn_watch, watch};

@@ -48,7 +48,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::Either;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
@@ -164,7 +164,7 @@ impl<R: Runtime> Server<R> {
                         Err(e) => {
                             // Out of file descriptors and the like: wait, do not give up.
                             tracing::warn!(error = %e, "accept failed");
-                            self.rt.sleep(Duration::from_millis(50)).await;
+                            self.rt.sleep(self.limits.accept_retry).await;
                             continue;
                         }
                     };
@@ -850,7 +850,7 @@ mod tests {
 
     #[test]
     fn dates() {
-        let at = |s: u64| http_date(UNIX_EPOCH + Duration::from_secs(s));
+        let at = |s: u64| http_date(UNIX_EPOCH + std::time::Duration::from_secs(s));
         assert_eq!(at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
         assert_eq!(at(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
         assert_eq!(at(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");

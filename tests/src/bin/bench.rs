@@ -488,5 +488,20 @@ fn start_cluster(
         wait_findable(&c.speils[1], image, &reg, Duration::from_secs(20))?;
         Ok((c, pids, idle))
     };
-    go().map_err(|e| format!("{e:#}"))
+    go().map_err(|e| summary(&format!("{e:#}")))
+}
+
+/// One line of why a cluster did not start: the panic message of a speil that panicked
+/// (its log follows the error), else the error's first line.
+fn summary(error: &str) -> String {
+    let first = error.lines().next().unwrap_or("");
+    let first = first.split(": {").next().unwrap_or(first);
+    let mut lines = error.lines();
+    match lines.find(|l| l.contains(" panicked at ")) {
+        Some(_) => match lines.next() {
+            Some(message) => format!("{first}: panicked: {}", message.trim()),
+            None => first.to_owned(),
+        },
+        None => first.to_owned(),
+    }
 }

@@ -22,6 +22,15 @@ pub struct ServerLimits {
     /// How long the accept loop waits after a failed accept (out of file descriptors and the
     /// like) before accepting again.
     pub accept_retry: Duration,
+    /// How long a request head may take to arrive: from the connection's start for its first
+    /// request, from the first byte for a later one. Past it the connection is closed (with a
+    /// `408` when part of a head arrived).
+    pub head_timeout: Duration,
+    /// How long a keep-alive connection may stay idle between requests before it is closed.
+    pub idle_timeout: Duration,
+    /// How long one write of a response may make no progress (a client that stopped reading)
+    /// before the connection is ended.
+    pub write_stall: Duration,
 }
 
 impl Default for ServerLimits {
@@ -32,6 +41,9 @@ impl Default for ServerLimits {
             linger: Duration::from_secs(1),
             linger_bytes: 256 * 1024,
             accept_retry: Duration::from_millis(50),
+            head_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            write_stall: Duration::from_secs(5),
         }
     }
 }

@@ -48,11 +48,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::Either;
 use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
-use speil_driver::{Runtime, RuntimeExt};
+use speil_driver::{Runtime, RuntimeExt, Timer};
 use tokio::sync::watch;
 
 use bytes::{Buf, Bytes};
@@ -236,6 +236,7 @@ async fn serve_connection<R: Runtime, S: Service>(
         filled: 0,
         out: VecDeque::new(),
         queued: 0,
+        served: 0,
     };
     let keep = conn.serve(service, &mut stop).await;
     if let Err(e) = &keep {
@@ -268,6 +269,12 @@ enum HeadError {
     TooLarge(usize),
     /// Not HTTP/1.x.
     Malformed(String),
+    /// The head (or, between requests, the next one) did not arrive within its budget;
+    /// `partial`: some of it had.
+    TimedOut {
+        /// Whether part of a head had arrived.
+        partial: bool,
+    },
 }
 
 struct Conn<R: Runtime> {
@@ -281,6 +288,8 @@ struct Conn<R: Runtime> {
     /// Pieces to write, not yet written, in order; `queued` bytes in all.
     out: VecDeque<Bytes>,
     queued: usize,
+    /// Responses written on this connection.
+    served: u64,
 }
 
 impl<R: Runtime> Conn<R> {
@@ -298,6 +307,15 @@ impl<R: Runtime> Conn<R> {
                     self.write_response(error_response(&e, false), false, Version::HTTP_11, false)
                         .await?;
                     return Ok(Close::Linger);
+                }
+                Some(Err(HeadError::TimedOut { partial })) => {
+                    tracing::debug!(partial, "request head timed out; closing the connection");
+                    if partial {
+                        self.write_response(timed_out(), false, Version::HTTP_11, false)
+                            .await?;
+                        return Ok(Close::Linger);
+                    }
+                    return Ok(Close::Now);
                 }
                 Some(Err(HeadError::Malformed(why))) => {
                     tracing::debug!(error = %why, "malformed request head");
@@ -335,6 +353,7 @@ impl<R: Runtime> Conn<R> {
             let keep_alive = self
                 .write_response(response, is_head, version, keep_alive)
                 .await?;
+            self.served += 1;
             if !keep_alive {
                 return Ok(Close::Linger);
             }
@@ -347,6 +366,16 @@ impl<R: Runtime> Conn<R> {
         &mut self,
         stop: &mut watch::Receiver<bool>,
     ) -> io::Result<Option<Result<Head, HeadError>>> {
+        // The head budget runs from the connection's start (first request) or from the first
+        // byte of a later head; between requests the idle budget applies.
+        let idle = self.served > 0 && self.filled == 0;
+        let budget = if idle {
+            self.limits.idle_timeout
+        } else {
+            self.limits.head_timeout
+        };
+        let mut timer = self.rt.timer(self.rt.now() + budget);
+        let mut waiting_idle = idle;
         loop {
             if self.filled > 0 {
                 match parse_head(&self.buf[..self.filled], &self.limits) {
@@ -373,13 +402,24 @@ impl<R: Runtime> Conn<R> {
             let read = self.stream.read(&mut self.buf[self.filled..]);
             let stopping = stopped(stop);
             futures::pin_mut!(read, stopping);
-            let n = match futures::future::select(read, stopping).await {
+            let ends = futures::future::select(stopping, &mut timer);
+            let n = match futures::future::select(read, ends).await {
                 Either::Left((read, _)) => read?,
-                Either::Right(_) => return Ok(None),
+                Either::Right((Either::Left(_), _)) => return Ok(None),
+                Either::Right((Either::Right(_), _)) => {
+                    return Ok(Some(Err(HeadError::TimedOut {
+                        partial: self.filled > 0,
+                    })));
+                }
             };
             if n == 0 {
                 // Closed by the client (a partial head is dropped, as hyper drops it).
                 return Ok(None);
+            }
+            if waiting_idle {
+                // The next head has begun: it has the head budget from now.
+                waiting_idle = false;
+                timer.reset(self.rt.now() + self.limits.head_timeout);
             }
             self.filled += n;
         }
@@ -566,7 +606,12 @@ impl<R: Runtime> Conn<R> {
                 .take(MAX_IOVECS)
                 .map(|b| IoSlice::new(b))
                 .collect();
-            let mut n = self.stream.write_vectored(&slices).await?;
+            let mut n = write_within(
+                &self.rt,
+                self.limits.write_stall,
+                self.stream.write_vectored(&slices),
+            )
+            .await?;
             if n == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
@@ -621,7 +666,13 @@ impl<R: Runtime> Conn<R> {
             .ok_or_else(|| io::Error::other("file region past the largest offset"))?;
         while offset < end {
             let count = usize::try_from(end - offset).map_or(SENDFILE_MAX, |n| n.min(SENDFILE_MAX));
-            match self.rt.sendfile(&self.stream, file, offset, count).await {
+            let sent = write_within(
+                &self.rt,
+                self.limits.write_stall,
+                self.rt.sendfile(&self.stream, file, offset, count),
+            )
+            .await;
+            match sent {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -638,7 +689,9 @@ impl<R: Runtime> Conn<R> {
                 }
                 Err(e) if cannot_sendfile(&e) => {
                     tracing::debug!(error = %e, "sendfile unsupported here; copying");
-                    return copy_file(&mut self.stream, file, offset, end, region).await;
+                    let stall = self.limits.write_stall;
+                    return copy_file(&self.rt, stall, &mut self.stream, file, offset, end, region)
+                        .await;
                 }
                 Err(e) => return Err(e),
             }
@@ -674,7 +727,9 @@ fn cannot_sendfile(e: &io::Error) -> bool {
 }
 
 /// Sends `file[offset..end]` with positional reads and writes, [`CHUNK_SIZE`] at a time.
-async fn copy_file(
+async fn copy_file<R: Runtime>(
+    rt: &R,
+    stall: Duration,
     stream: &mut (impl futures::AsyncWrite + Unpin),
     file: &std::fs::File,
     mut offset: u64,
@@ -697,11 +752,38 @@ async fn copy_file(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        stream.write_all(&buf[..n]).await?;
+        write_within(rt, stall, stream.write_all(&buf[..n])).await?;
         offset += n as u64;
         region.record_sent(n as u64);
     }
     Ok(())
+}
+
+/// `fut`, a write, or a `TimedOut` error when it made no progress within `budget` (a client
+/// that stopped reading: SPEC.md §9).
+async fn write_within<R: Runtime, T>(
+    rt: &R,
+    budget: Duration,
+    fut: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    let timer = rt.sleep(budget);
+    futures::pin_mut!(fut);
+    match futures::future::select(fut, timer).await {
+        Either::Left((written, _)) => written,
+        Either::Right(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client read nothing for {budget:?}"),
+        )),
+    }
+}
+
+/// The answer to a head that did not arrive in time: 408, no body.
+fn timed_out() -> Response<ResponseBody> {
+    let mut r = Response::new(crate::body::empty());
+    *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(0u64));
+    r
 }
 
 /// hyper's answer to a request it cannot parse: 400, no body.
@@ -832,18 +914,34 @@ mod tests {
         });
         let (stream, _) = listener.accept().await.unwrap();
         let mut stream = speil_driver::tokio::Stream(stream);
-        copy_file(&mut stream, &file, 50_000, 150_000, &region)
-            .await
-            .unwrap();
+        copy_file(
+            &speil_driver::tokio::Tokio,
+            Duration::from_secs(5),
+            &mut stream,
+            &file,
+            50_000,
+            150_000,
+            &region,
+        )
+        .await
+        .unwrap();
         drop(stream);
         assert!(reader.await.unwrap() == bytes[50_000..150_000]);
         assert_eq!(region.sent(), 100_000);
         // A file that ends before the region does: an error, not a short success.
         let (tx, rx) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let mut stream = speil_driver::tokio::Stream(rx.unwrap().0);
-        let err = copy_file(&mut stream, &file, 150_000, 250_000, &region)
-            .await
-            .unwrap_err();
+        let err = copy_file(
+            &speil_driver::tokio::Tokio,
+            Duration::from_secs(5),
+            &mut stream,
+            &file,
+            150_000,
+            250_000,
+            &region,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
         drop(tx);
     }

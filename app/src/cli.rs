@@ -99,6 +99,10 @@ pub struct RegistryArgs {
     /// Serve the debug web page.
     #[arg(long, env, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub debug_web_enabled: bool,
+    /// Most connections each server (registry, metrics) serves at once; over it a new
+    /// connection gets 503 and is closed, so that containerd falls back to the upstream.
+    #[arg(long, env, default_value_t = speil_core::limits::DEFAULT_MAX_CONNECTIONS, value_parser = parse_positive)]
+    pub max_connections: usize,
     /// How peers are found.
     #[arg(long, env, value_enum)]
     pub bootstrap_kind: BootstrapKind,
@@ -373,6 +377,15 @@ pub fn one_line_error(err: &clap::Error) -> String {
         parts.push(t.to_string());
     }
     parts.join(" ")
+}
+
+/// A count of at least 1.
+fn parse_positive(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,7 @@ fn router_addrs(flag: &str, addr: &ListenAddr) -> Result<Vec<SocketAddr>, Fatal>
 async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal> {
     // Handlers first: a SIGTERM during start-up is not lost.
     let stop_signal = crate::signal::shutdown();
+    raise_fd_limit();
     // Flags first: all of these are usage errors (exit 2).
     let mirrored: Vec<String> = args
         .mirrored_registries
@@ -345,7 +346,11 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
     let registry_listener = listen("--registry-addr", registry_listener)?;
     let metrics_listener = listen("--metrics-addr", metrics_listener)?;
     let (metrics_stop, metrics_stopped) = futures::channel::oneshot::channel::<()>();
-    let metrics_server = speil_http::Server::new(rt.clone());
+    let limits = speil_core::limits::ServerLimits {
+        max_connections: args.max_connections,
+        ..speil_core::limits::ServerLimits::default()
+    };
+    let metrics_server = speil_http::Server::with_limits(rt.clone(), limits);
     rt.spawn(
         async move {
             let stopped = async {
@@ -362,7 +367,7 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
     );
     let (registry_stop, registry_stopped) = futures::channel::oneshot::channel::<()>();
     let (registry_done, registry_ended) = futures::channel::oneshot::channel::<()>();
-    let registry_server = speil_http::Server::new(rt.clone());
+    let registry_server = speil_http::Server::with_limits(rt.clone(), limits);
     rt.spawn(
         async move {
             let stopped = async {
@@ -391,6 +396,28 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
     let _ = metrics_stop.send(());
     handle.shutdown();
     Ok(ExitCode::SUCCESS)
+}
+
+/// Raises the open-file limit to the hard limit (SPEC.md §9): every connection is a file
+/// descriptor, and the connection cap must be reachable before the process runs out.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return;
+    }
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => tracing::debug!(
+            from = ?limit.current,
+            to = ?limit.maximum,
+            "raised the open-file limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
 }
 
 /// The IP addresses of this host's interfaces (IPv4 from `/proc/net/fib_trie`, IPv6 from

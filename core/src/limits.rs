@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::request::HEADERS_MAX;
 
+/// The default cap of concurrent connections per server (`--max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
 /// What one HTTP/1.1 server connection may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerLimits {
@@ -31,6 +34,9 @@ pub struct ServerLimits {
     /// How long one write of a response may make no progress (a client that stopped reading)
     /// before the connection is ended.
     pub write_stall: Duration,
+    /// Most connections served at once; over it a new connection gets `503` and is closed at
+    /// once (so that containerd falls back instead of waiting in the kernel's backlog).
+    pub max_connections: usize,
 }
 
 impl Default for ServerLimits {
@@ -44,6 +50,7 @@ impl Default for ServerLimits {
             head_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             write_stall: Duration::from_secs(5),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }

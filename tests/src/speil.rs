@@ -359,6 +359,23 @@ impl Speil {
         }
     }
 
+    /// Checks that the process raised its open-file limit to the hard limit (SPEC.md §9).
+    pub fn check_fd_limit(&self) -> Result<()> {
+        let pid = self.pid().context("speil is not running")?;
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .context("no open-file limit in /proc/<pid>/limits")?;
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // "Max open files <soft> <hard> files"
+        let (soft, hard) = (fields[3], fields[4]);
+        if soft != hard {
+            bail!("open-file limit not raised: soft {soft}, hard {hard}");
+        }
+        Ok(())
+    }
+
     /// The whole log (JSON lines).
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -217,7 +217,19 @@ async fn a_late_tag_is_found_and_a_removed_image_gives_a_clean_404(
 }
 
 async fn registry_api_statuses_over_real_http(kind: ClusterKind) -> Result<()> {
-    let mut c = Cluster::start_nodes(&kind.nodes(1))?;
+    // Started with a soft open-file limit below the hard one (inherited), which speil raises.
+    let mut c = {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let before = getrlimit(Resource::Nofile);
+        let lowered = Rlimit {
+            current: Some(1024),
+            maximum: before.maximum,
+        };
+        setrlimit(Resource::Nofile, lowered)?;
+        let started = Cluster::start_nodes(&kind.nodes(1));
+        setrlimit(Resource::Nofile, before)?;
+        started?
+    };
     let reg = c.registry();
     let small = images::small()?;
     c.h.registry.push(small)?;
@@ -225,6 +237,7 @@ async fn registry_api_statuses_over_real_http(kind: ClusterKind) -> Result<()> {
     let s = &c.speils[0];
     // It runs on its build's runtime alone (no tokio runtime inside speil-smol).
     s.check_runtime_threads()?;
+    s.check_fd_limit()?;
     let version = std::process::Command::new(s.build.binary()?)
         .arg("version")
         .output()?;

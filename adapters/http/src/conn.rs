@@ -46,7 +46,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -78,7 +78,7 @@ const GATHER: usize = 128 * 1024;
 /// Most pieces in one vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// What one server's zero-copy path sent.
+/// What one server did: its zero-copy path, and its connections.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Responses whose body was a file region sent with `sendfile` (counted when the head is
@@ -86,12 +86,29 @@ pub struct Stats {
     pub responses: u64,
     /// Bytes sent with `sendfile`.
     pub bytes: u64,
+    /// Connections being served now.
+    pub active: usize,
+    /// Connections refused with `503` over the connection cap.
+    pub refused: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     responses: AtomicU64,
     bytes: AtomicU64,
+    /// Connections being served now.
+    active: AtomicUsize,
+    /// Connections refused over the cap.
+    refused: AtomicU64,
+}
+
+/// Counts a connection as active while it lives.
+struct Active(Arc<Counters>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// An HTTP/1.1 server on a runtime: accepts connections and serves each with a service.
@@ -122,6 +139,8 @@ impl<R: Runtime> Server<R> {
         Stats {
             responses: self.counters.responses.load(Ordering::Relaxed),
             bytes: self.counters.bytes.load(Ordering::Relaxed),
+            active: self.counters.active.load(Ordering::Relaxed),
+            refused: self.counters.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -168,6 +187,14 @@ impl<R: Runtime> Server<R> {
                             continue;
                         }
                     };
+                    if self.counters.active.load(Ordering::Relaxed) >= self.limits.max_connections {
+                        self.counters.refused.fetch_add(1, Ordering::Relaxed);
+                        let (rt, stall) = (self.rt.clone(), self.limits.write_stall);
+                        self.rt.spawn(Box::pin(refuse(rt, stream, stall)));
+                        continue;
+                    }
+                    self.counters.active.fetch_add(1, Ordering::Relaxed);
+                    let active = Active(self.counters.clone());
                     let conn = serve_connection(
                         self.rt.clone(),
                         stream,
@@ -179,6 +206,7 @@ impl<R: Runtime> Server<R> {
                     let done = done_tx.clone();
                     self.rt.spawn(Box::pin(async move {
                         conn.await;
+                        drop(active);
                         drop(done);
                     }));
                 }
@@ -775,6 +803,23 @@ async fn write_within<R: Runtime, T>(
             format!("the client read nothing for {budget:?}"),
         )),
     }
+}
+
+/// Answers a connection over the cap with `503` and closes it at once (its request is not
+/// read).
+async fn refuse<R: Runtime>(rt: R, mut stream: R::Tcp, stall: Duration) {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    let mut head = Vec::with_capacity(128);
+    speil_h1::encode_response_head(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &headers,
+        speil_h1::Framing::Length(0),
+        true,
+        &mut head,
+    );
+    let _ = write_within(&rt, stall, stream.write_all(&head)).await;
+    let _ = write_within(&rt, stall, stream.close()).await;
 }
 
 /// The answer to a head that did not arrive in time: 408, no body.

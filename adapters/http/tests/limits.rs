@@ -1,6 +1,7 @@
 //! The server path's connection budgets (SPEC.md §9), on both runtimes: a request head must
 //! arrive within its budget (a slowloris client is cut off with 408), an idle keep-alive
-//! connection is closed, and a client that stops reading a response is dropped. Budgets are
+//! connection is closed, a client that stops reading a response is dropped, a connection over
+//! the cap gets 503 at once, and a new client is served next to 1,000 idle connections. Budgets are
 //! shortened (the core's `ServerLimits`) so that the tests take a second, not a minute; the
 //! clients are plain blocking sockets on their own threads.
 
@@ -32,6 +33,11 @@ fn limits() -> ServerLimits {
 
 /// Serves `/big` (64 MiB) and anything else as `ok`, on `rt`; returns the address.
 fn serve<R: Runtime>(rt: &R) -> SocketAddr {
+    serve_with(rt, limits()).0
+}
+
+/// [`serve`] with these limits; also returns the server (its counters).
+fn serve_with<R: Runtime>(rt: &R, limits: ServerLimits) -> (SocketAddr, Server<R>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let listener = rt.listen(listener).unwrap();
@@ -46,11 +52,95 @@ fn serve<R: Runtime>(rt: &R) -> SocketAddr {
             Response::new(body),
         ))
     });
-    let server = Server::with_limits(rt.clone(), limits());
+    let server = Server::with_limits(rt.clone(), limits);
+    let serving = server.clone();
     rt.spawn(Box::pin(async move {
-        let _ = server.serve(listener, service).await;
+        let _ = serving.serve(listener, service).await;
     }));
-    addr
+    (addr, server)
+}
+
+/// `GET /a` on a new connection that stays open; the status line of the answer.
+fn get_keep_open(addr: SocketAddr) -> (TcpStream, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    (s, text)
+}
+
+/// Over the connection cap a new connection gets 503 and is closed at once; once a
+/// connection ends, new ones are served again.
+fn capped<R: Runtime>(addr: SocketAddr, server: Server<R>) {
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let (s, status) = get_keep_open(addr);
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            s
+        })
+        .collect();
+    assert_eq!(server.stats().active, 3);
+    let started = Instant::now();
+    let mut over = TcpStream::connect(addr).unwrap();
+    let answer = read_to_close(&mut over, Duration::from_secs(5));
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        started.elapsed() < HEAD,
+        "refused at once, not after a budget"
+    );
+    assert_eq!(server.stats().refused, 1);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while server.stats().active > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "closed connections still counted"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (_s, status) = get_keep_open(addr);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+}
+
+/// With 1,000 idle connections open (the default cap is 1,024), a new client is served.
+fn many_idle(addr: SocketAddr) {
+    let idle: Vec<TcpStream> = (0..1000)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let started = Instant::now();
+    let (_s, status) = get_keep_open(addr);
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(idle);
+}
+
+/// Raises this process's open-file limit (the test holds both ends of 1,000 connections).
+fn raise_fd_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let _ = setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+    let now = getrlimit(Resource::Nofile).current;
+    assert!(
+        now.is_none_or(|n| n >= 2200),
+        "the open-file limit ({now:?}) is too low for this test"
+    );
 }
 
 /// Reads until the server closes (or `limit` passes: then it panics); the bytes read.
@@ -71,9 +161,10 @@ fn read_to_close(s: &mut TcpStream, limit: Duration) -> Vec<u8> {
 /// A client that sends its head one byte every 50 ms never completes it: after the head
 /// budget it gets a 408 and the connection is closed.
 fn slowloris(addr: SocketAddr) {
+    // Before connecting: the server's budget cannot start earlier.
+    let started = Instant::now();
     let mut s = TcpStream::connect(addr).unwrap();
     let mut writer = s.try_clone().unwrap();
-    let started = Instant::now();
     let drip = std::thread::spawn(move || {
         for b in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().cycle() {
             if writer.write_all(&[*b]).is_err() {
@@ -100,8 +191,8 @@ fn slowloris(addr: SocketAddr) {
 
 /// A connection that sends nothing is closed after the head budget, without an answer.
 fn silent(addr: SocketAddr) {
-    let mut s = TcpStream::connect(addr).unwrap();
     let started = Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
     let got = read_to_close(&mut s, Duration::from_secs(5));
     let took = started.elapsed();
     assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
@@ -120,13 +211,14 @@ fn idle(addr: SocketAddr) {
     assert!(head[..n].starts_with(b"HTTP/1.1 200"));
     // Longer than the head budget, shorter than the idle one: still open.
     std::thread::sleep(HEAD + Duration::from_millis(100));
+    // Before the request: the idle budget starts only after its answer.
+    let started = Instant::now();
     s.write_all(request).unwrap();
     let n = s.read(&mut head).unwrap();
     assert!(
         head[..n].starts_with(b"HTTP/1.1 200"),
         "served after an idle pause"
     );
-    let started = Instant::now();
     let got = read_to_close(&mut s, Duration::from_secs(5));
     let took = started.elapsed();
     assert!(got.is_empty());
@@ -160,21 +252,34 @@ fn all<R: Runtime>(rt: &R) -> Vec<(&'static str, SocketAddr)> {
         ("silent", serve(rt)),
         ("idle", serve(rt)),
         ("stops_reading", serve(rt)),
+        ("many_idle", serve_with(rt, ServerLimits::default()).0),
     ]
 }
 
-fn check(servers: Vec<(&'static str, SocketAddr)>) {
-    let threads: Vec<_> = servers
+fn check<R: Runtime>(rt: &R, servers: Vec<(&'static str, SocketAddr)>) {
+    raise_fd_limit();
+    let (capped_addr, capped_server) = serve_with(
+        rt,
+        ServerLimits {
+            max_connections: 3,
+            ..limits()
+        },
+    );
+    let mut threads: Vec<_> = servers
         .into_iter()
         .map(|(name, addr)| {
             std::thread::spawn(move || match name {
                 "slowloris" => slowloris(addr),
                 "silent" => silent(addr),
                 "idle" => idle(addr),
+                "many_idle" => many_idle(addr),
                 _ => stops_reading(addr),
             })
         })
         .collect();
+    threads.push(std::thread::spawn(move || {
+        capped(capped_addr, capped_server)
+    }));
     for t in threads {
         t.join().unwrap();
     }
@@ -188,8 +293,9 @@ fn budgets_on_tokio() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let servers = all(&speil_driver::tokio::Tokio);
-        tokio::task::spawn_blocking(move || check(servers))
+        let rt = speil_driver::tokio::Tokio;
+        let servers = all(&rt);
+        tokio::task::spawn_blocking(move || check(&rt, servers))
             .await
             .unwrap();
     });
@@ -199,8 +305,9 @@ fn budgets_on_tokio() {
 fn budgets_on_smol() {
     let rt = speil_driver::smol::Smol::new();
     let servers = all(&rt);
+    let inner = rt.clone();
     rt.block_on(2, async {
-        speil_driver::Runtime::spawn_blocking(&rt, move || check(servers))
+        speil_driver::Runtime::spawn_blocking(&rt, move || check(&inner, servers))
             .await
             .unwrap();
     });

@@ -100,6 +100,54 @@ impl RegistryFilter {
     }
 }
 
+/// The value of a metric's `registry` label for a request's `ns` (SPEC.md §8: label values
+/// are a bounded set, so a client cannot grow `/metrics`).
+///
+/// - no `ns` (a digest request without one): `""`;
+/// - with `--mirrored-registries`: a listed registry keeps its name, any other is `other`;
+/// - without (every registry is mirrored): a registry this node holds images of (`held`)
+///   keeps its name, and so do the first [`RegistryLabels::MAX_NAMED`] others seen; every
+///   later one is `other`.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryLabels {
+    named: std::collections::BTreeSet<String>,
+}
+
+impl RegistryLabels {
+    /// How many registries neither listed nor held keep their name when every registry is
+    /// mirrored.
+    pub const MAX_NAMED: usize = 16;
+
+    /// The label of a registry that may not be named.
+    pub const OTHER: &'static str = "other";
+
+    /// The label for `ns` under `filter`; `held` says whether this node holds images of a
+    /// registry. Deterministic: the same calls in the same order give the same labels.
+    pub fn label<'a>(
+        &mut self,
+        filter: &RegistryFilter,
+        ns: Option<&'a str>,
+        held: impl FnOnce(&str) -> bool,
+    ) -> &'a str {
+        let Some(ns) = ns else { return "" };
+        if !filter.mirrored.is_empty() {
+            return if filter.mirrors_registry(ns) {
+                ns
+            } else {
+                Self::OTHER
+            };
+        }
+        if held(ns) || self.named.contains(ns) {
+            return ns;
+        }
+        if self.named.len() < Self::MAX_NAMED {
+            self.named.insert(ns.to_owned());
+            return ns;
+        }
+        Self::OTHER
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +166,38 @@ mod tests {
         assert!(!f.allows("ghcr.io", "x", Some("1")));
         let all = RegistryFilter::new::<&str>(&[], &[]).unwrap();
         assert!(all.allows("ghcr.io", "x", Some("1")));
+    }
+
+    #[test]
+    fn registry_labels_are_bounded() {
+        let listed = RegistryFilter::new(&["docker.io"], &[]).unwrap();
+        let mut l = RegistryLabels::default();
+        assert_eq!(l.label(&listed, Some("docker.io"), |_| false), "docker.io");
+        assert_eq!(l.label(&listed, Some("evil.test"), |_| true), "other");
+        assert_eq!(l.label(&listed, None, |_| false), "");
+        let all = RegistryFilter::default();
+        let mut l = RegistryLabels::default();
+        let names: Vec<String> = (0..40).map(|i| format!("r{i}.test")).collect();
+        let labels: Vec<&str> = names
+            .iter()
+            .map(|n| l.label(&all, Some(n), |_| false))
+            .collect();
+        assert_eq!(
+            &labels[..RegistryLabels::MAX_NAMED],
+            &names[..RegistryLabels::MAX_NAMED]
+        );
+        assert!(
+            labels[RegistryLabels::MAX_NAMED..]
+                .iter()
+                .all(|l| *l == "other")
+        );
+        // Named ones stay named; held ones are named after the places are taken.
+        assert_eq!(l.label(&all, Some("r0.test"), |_| false), "r0.test");
+        assert_eq!(
+            l.label(&all, Some("ghcr.io"), |r| r == "ghcr.io"),
+            "ghcr.io"
+        );
+        assert_eq!(l.label(&all, Some("quay.io"), |_| false), "other");
     }
 
     #[test]

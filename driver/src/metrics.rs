@@ -1,6 +1,7 @@
 //! The metrics of SPEC.md §7, with Spegel's names and labels.
 
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
@@ -11,11 +12,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use speil_core::advertise::AdvertisedCounts;
+use speil_core::filter::{RegistryFilter, RegistryLabels};
 
 /// Labels `{registry, cache}` of `spegel_mirror_requests_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MirrorLabels {
-    /// The upstream registry (the request's `ns`, empty when it had none).
+    /// The upstream registry: the request's `ns` as [`RegistryLabels`] bounds it (a mirrored
+    /// registry's name, `other`, or empty when it had none).
     pub registry: String,
     /// `hit` (a peer answered) or `miss`.
     pub cache: String,
@@ -40,10 +43,36 @@ pub struct RouterLabel {
 pub struct HttpLabels {
     /// The route, as Spegel names it (`/v2/*`, `/readyz`, `/livez`; `other` for no route).
     pub handler: String,
-    /// The method.
+    /// The method: `GET`, `HEAD` or `other` ([`method_label`]).
     pub method: String,
-    /// The status code.
+    /// The status code speil sent (it never passes on one a client or a peer chose: the core
+    /// relays a peer's 200, 206 or 416 only), or `aborted`.
     pub code: String,
+}
+
+impl HttpLabels {
+    /// The labels of a response to `method` on `handler` (a fixed route name), with `status`
+    /// (`None`: aborted before a status).
+    pub fn new(handler: &str, method: &http::Method, status: Option<http::StatusCode>) -> Self {
+        HttpLabels {
+            handler: handler.to_owned(),
+            method: method_label(method).to_owned(),
+            code: status
+                .as_ref()
+                .map_or("aborted", http::StatusCode::as_str)
+                .to_owned(),
+        }
+    }
+}
+
+/// The `method` label: the registry API's methods (`GET`, `HEAD`, as Spegel reports them)
+/// keep their name, every other method (a client may send any token) is `other`.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        _ => "other",
+    }
 }
 
 /// Label `{handler}`.
@@ -120,6 +149,8 @@ pub struct Metrics {
     pub peer_resumes: Counter,
     /// `speil_peers` (speil's own), set when the metrics are read.
     pub peers: Gauge,
+    /// The registries `spegel_mirror_requests_total` names.
+    registry_labels: Mutex<RegistryLabels>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -152,6 +183,7 @@ impl Metrics {
             served_bytes: Family::default(),
             peer_resumes: Counter::default(),
             peers: Gauge::default(),
+            registry_labels: Mutex::default(),
         };
         // prometheus-client appends `_total` to counters itself.
         registry.register(
@@ -253,11 +285,25 @@ impl Metrics {
             .inc_by(bytes);
     }
 
-    /// Counts a mirrored request of `registry` as a hit or a miss.
-    pub fn mirror_request(&self, registry: &str, hit: bool) {
+    /// Counts a mirrored request for the registry `ns` as a hit or a miss, under the label
+    /// the core's [`RegistryLabels`] gives it (`held`: whether this node holds images of a
+    /// registry).
+    pub fn mirror_request(
+        &self,
+        filter: &RegistryFilter,
+        ns: Option<&str>,
+        held: impl FnOnce(&str) -> bool,
+        hit: bool,
+    ) {
+        let registry = self
+            .registry_labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .label(filter, ns, held)
+            .to_owned();
         self.mirror_requests
             .get_or_create(&MirrorLabels {
-                registry: registry.to_owned(),
+                registry,
                 cache: if hit { "hit" } else { "miss" }.to_owned(),
             })
             .inc();
@@ -408,15 +454,50 @@ mod tests {
     }
 
     #[test]
+    fn labels_are_bounded() {
+        for (m, want) in [
+            ("GET", "GET"),
+            ("HEAD", "HEAD"),
+            ("POST", "other"),
+            ("get", "other"),
+            ("FOO123", "other"),
+        ] {
+            let m = http::Method::from_bytes(m.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), want);
+        }
+        let l = HttpLabels::new("other", &http::Method::PUT, None);
+        assert_eq!((l.method.as_str(), l.code.as_str()), ("other", "aborted"));
+        let m = Metrics::default();
+        let listed = RegistryFilter::new(&["docker.io"], &[]).unwrap();
+        m.mirror_request(&listed, Some("docker.io"), |_| false, false);
+        m.mirror_request(&listed, Some("x.test"), |_| true, false);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"{registry="docker.io",cache="miss"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"{registry="other",cache="miss"} 1"#),
+            "{text}"
+        );
+        assert!(!text.contains("x.test"), "{text}");
+    }
+
+    #[test]
     fn prometheus_text_as_spegel_serves_it() {
         let m = Metrics::default();
-        m.mirror_request("docker.io", true);
+        m.mirror_request(
+            &RegistryFilter::default(),
+            Some("docker.io"),
+            |_| false,
+            true,
+        );
         m.http_size
-            .get_or_create(&HttpLabels {
-                handler: "/v2/*".into(),
-                method: "GET".into(),
-                code: "200".into(),
-            })
+            .get_or_create(&HttpLabels::new(
+                "/v2/*",
+                &http::Method::GET,
+                Some(http::StatusCode::OK),
+            ))
             .observe(2048.0);
         let text = m.encode();
         assert!(!text.contains("# EOF"), "{text}");

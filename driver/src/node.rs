@@ -409,8 +409,8 @@ struct ReqState<B> {
     /// Once relaying.
     pipe: Option<mpsc::UnboundedSender<PipeControl<B>>>,
     written: Arc<AtomicU64>,
-    /// The `registry` label of the mirror metrics (the request's `ns`).
-    registry: String,
+    /// The request's `ns`, which the mirror metrics label as the core bounds it.
+    ns: Option<String>,
     /// For logs.
     path: String,
     method: http::Method,
@@ -532,7 +532,7 @@ where
                         reply: Some(reply),
                         pipe: None,
                         written: Arc::default(),
-                        registry: request.ns().unwrap_or("").to_owned(),
+                        ns: request.ns().map(str::to_owned),
                         path: request.path_and_query(),
                         method: request.method().clone(),
                     },
@@ -681,7 +681,13 @@ where
                 if matches!(reason, FailReason::NoPeer | FailReason::AllAttemptsFailed)
                     && let Some(state) = self.requests.get(&request)
                 {
-                    self.shared.metrics.mirror_request(&state.registry, false);
+                    let counts = self.node.advertised_counts();
+                    self.shared.metrics.mirror_request(
+                        self.node.filter(),
+                        state.ns.as_deref(),
+                        |r| counts.contains_key(r),
+                        false,
+                    );
                 }
                 self.reply(request, Decision::Fail(error));
                 self.requests.remove(&request);
@@ -888,7 +894,13 @@ where
         let Some(state) = self.requests.get_mut(&request) else {
             return;
         };
-        self.shared.metrics.mirror_request(&state.registry, true);
+        let counts = self.node.advertised_counts();
+        self.shared.metrics.mirror_request(
+            self.node.filter(),
+            state.ns.as_deref(),
+            |r| counts.contains_key(r),
+            true,
+        );
         tracing::info!(
             source = "peer",
             peer = %self.client.describe(&response),

@@ -436,15 +436,9 @@ impl Drop for Measure {
                 handler: self.handler.to_owned(),
             })
             .dec();
-        // A request whose handler failed (an aborted connection) has no status.
-        let code = self
-            .status
-            .map_or("aborted".to_owned(), |s| s.as_u16().to_string());
-        let labels = HttpLabels {
-            handler: self.handler.to_owned(),
-            method: self.method.as_str().to_owned(),
-            code,
-        };
+        // A request whose handler failed (an aborted connection) has no status. Every label
+        // is a bounded set: a fixed route name, `GET`/`HEAD`/`other`, a status speil chose.
+        let labels = HttpLabels::new(self.handler, &self.method, self.status);
         m.http_duration
             .get_or_create(&labels)
             .observe(self.started.elapsed().as_secs_f64());

@@ -144,6 +144,11 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
         self.stats.contains_key(&id) || self.mirror.has_request(id)
     }
 
+    /// The mirrored registries and registry filters.
+    pub fn filter(&self) -> &RegistryFilter {
+        &self.filter
+    }
+
     /// Whether `registry/repository[:tag]` is served and advertised.
     pub fn allows(&self, registry: &str, repository: &str, tag: Option<&str>) -> bool {
         self.filter.allows(registry, repository, tag)

@@ -18,6 +18,144 @@ use super::{
     Fetch, FetchFailure, FetchId, FetchRange, FetchResponse, FetchState, Mirror, MirrorError,
     Output, Phase, Request, RequestId, Watch, WatchState,
 };
+use crate::manifest::MAX_MANIFEST_SIZE;
+
+/// Why a peer's answer is not relayed. Every reason has the same effect: the peer counts as
+/// failed for this request and is not asked again for it; the next peer, a hedge or the 404
+/// follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Rejection {
+    /// A status that is not relayed (only 200, 206 and, to a ranged request, 416 are).
+    Status(u16),
+    /// Content asked for by digest came with another `Docker-Content-Digest`, or none.
+    Digest,
+    /// A 206 for another part than the one asked for, or without a `Content-Range`.
+    Range,
+    /// A body (a 200 or 206 to a GET) without a `Content-Length`: it could not be bounded.
+    NoLength,
+    /// A manifest larger than [`MAX_MANIFEST_SIZE`] (by `Content-Length`, or by the size in
+    /// its `Content-Range`).
+    ManifestTooLarge(u64),
+    /// A 206 whose `Content-Length` is not the length of its `Content-Range`.
+    LengthNotRange {
+        /// The `Content-Length`.
+        length: u64,
+        /// `end - start + 1` of the `Content-Range`.
+        range: u64,
+    },
+    /// The content's size (a 200's `Content-Length`, a 206's `Content-Range` size) is not
+    /// the size this request already knows for it.
+    SizeNotKnown {
+        /// The size the answer claims.
+        claimed: u64,
+        /// The size known from the answer being continued.
+        known: u64,
+    },
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Rejection::Status(s) => write!(f, "status {s} is not relayed"),
+            Rejection::Digest => f.write_str("Docker-Content-Digest is not the digest asked for"),
+            Rejection::Range => f.write_str("Content-Range is not the range asked for"),
+            Rejection::NoLength => f.write_str("a body without Content-Length"),
+            Rejection::ManifestTooLarge(n) => write!(
+                f,
+                "a manifest of {n} bytes, larger than a manifest may be ({MAX_MANIFEST_SIZE})"
+            ),
+            Rejection::LengthNotRange { length, range } => write!(
+                f,
+                "Content-Length {length} is not the {range} bytes of its Content-Range"
+            ),
+            Rejection::SizeNotKnown { claimed, known } => write!(
+                f,
+                "a size of {claimed} bytes, not the {known} bytes already known for the digest"
+            ),
+        }
+    }
+}
+
+/// Whether the answer `resp` to a fetch of `request` may be relayed (`resume`: the exact range
+/// a continuation asked for).
+pub(super) fn judge<P>(
+    request: &Request<P>,
+    resume: Option<(u64, u64)>,
+    resp: &FetchResponse,
+) -> Result<(), Rejection> {
+    let req = &request.req;
+    let body = matches!(resp.status, 200 | 206);
+    // Content asked for by digest must come with that digest: a peer that sends another
+    // one, or none, is not trusted with the body.
+    let digest_ok = match (&req.digest, &resp.digest) {
+        (Some(want), Some(got)) => want.as_str() == got,
+        (Some(_), None) => false,
+        (None, _) => true,
+    };
+    match (request.phase, resume, resp.status) {
+        (Phase::Resolving, None, 200 | 206) => {}
+        // The client's range is outside the blob: that answer is relayed, not retried.
+        (Phase::Resolving, None, 416) if req.range.is_some() => return Ok(()),
+        (Phase::Resuming { .. }, Some(_), 206) => {}
+        (_, _, status) => return Err(Rejection::Status(status)),
+    }
+    if !digest_ok {
+        return Err(Rejection::Digest);
+    }
+    // A part must be exactly the part the client asked for (a continuation: the part it
+    // asked for).
+    if resp.status == 206 {
+        let cr = resp.content_range.ok_or(Rejection::Range)?;
+        let exact = match (request.phase, resume) {
+            (
+                Phase::Resuming {
+                    start,
+                    end,
+                    written,
+                },
+                Some(range),
+            ) => range == (start + written, end) && (cr.start, cr.end) == range,
+            _ => req.range.is_some_and(|asked| {
+                asked
+                    .resolve(cr.size)
+                    .is_ok_and(|r| r.start == cr.start && r.end == cr.end)
+            }),
+        };
+        if !exact {
+            return Err(Rejection::Range);
+        }
+    }
+    // The size the answer claims for the whole content.
+    let size = match (resp.status, resp.content_range) {
+        (206, Some(cr)) => Some(cr.size),
+        _ => resp.content_length,
+    };
+    // A manifest obeys the cap whether it is relayed or only described (HEAD), as a local
+    // one does.
+    if req.manifest {
+        let largest = size.max(resp.content_length).unwrap_or(0);
+        if largest > MAX_MANIFEST_SIZE as u64 {
+            return Err(Rejection::ManifestTooLarge(largest));
+        }
+    }
+    // A HEAD answer relays no body: its headers are taken as they come.
+    if req.head || !body {
+        return Ok(());
+    }
+    let length = resp.content_length.ok_or(Rejection::NoLength)?;
+    if let (206, Some(cr)) = (resp.status, resp.content_range) {
+        let range = cr.end.saturating_sub(cr.start).saturating_add(1);
+        if length != range {
+            return Err(Rejection::LengthNotRange { length, range });
+        }
+    }
+    if let (Some(known), Some(claimed)) = (request.size, size)
+        && known != claimed
+    {
+        return Err(Rejection::SizeNotKnown { claimed, known });
+    }
+    Ok(())
+}
 
 impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// The fetch's connection is up and the request was sent.
@@ -77,48 +215,10 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             self.finish_fetch(now, id);
             return Ok(());
         };
-        // Content asked for by digest must come with that digest: a peer that sends another
-        // one, or none, is not trusted with the body.
-        let digest_ok = match (&request.req.digest, &resp.digest) {
-            (Some(want), Some(got)) => want.as_str() == got,
-            (Some(_), None) => false,
-            (None, _) => true,
-        };
-        let accepted = match (request.phase, resume) {
-            (Phase::Resolving, None) => match resp.status {
-                200 => digest_ok,
-                // A part must be exactly the part the client asked for.
-                206 => {
-                    digest_ok
-                        && match (request.req.range, resp.content_range) {
-                            (Some(asked), Some(cr)) => asked
-                                .resolve(cr.size)
-                                .is_ok_and(|r| r.start == cr.start && r.end == cr.end),
-                            _ => false,
-                        }
-                }
-                // The client's range is outside the blob: that answer is relayed, not retried.
-                416 => request.req.range.is_some(),
-                _ => false,
-            },
-            (
-                Phase::Resuming {
-                    start,
-                    end,
-                    written,
-                },
-                Some(range),
-            ) => {
-                digest_ok
-                    && resp.status == 206
-                    && range == (start + written, end)
-                    && resp
-                        .content_range
-                        .is_some_and(|cr| cr.start == range.0 && cr.end == range.1)
-            }
-            _ => false,
-        };
-        if !accepted {
+        // The reason ([`Rejection`]) has no channel out of the core yet: like every other
+        // rejection, it only makes the peer count as failed for this request (not asked again
+        // for it); the next peer, a hedge or the 404 follows.
+        if judge(request, resume, &resp).is_err() {
             self.finish_fetch(now, id);
             self.pump(now, rid);
             return Ok(());
@@ -130,8 +230,14 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             Phase::Resolving => {
                 let span = match (resp.status, resp.content_range, resp.content_length) {
                     (206, Some(cr), _) => Some((cr.start, cr.end)),
-                    // Without a length (or with an empty body) there is nothing to resume.
+                    // Without a length (a HEAD) or with an empty body there is nothing to
+                    // resume.
                     (200, _, Some(len)) if len > 0 => Some((0, len - 1)),
+                    _ => None,
+                };
+                request.size = match (resp.status, resp.content_range) {
+                    (206, Some(cr)) => Some(cr.size),
+                    (200, _) => resp.content_length,
                     _ => None,
                 };
                 request.phase = Phase::Streaming {

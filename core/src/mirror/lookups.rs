@@ -36,6 +36,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             hedges_due: 0,
             idle_since: now,
             lookup_finished: false,
+            size: None,
         };
         match self.lookups.get_mut(&key) {
             Some(lookup) => {

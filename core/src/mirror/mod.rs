@@ -148,6 +148,9 @@ struct Request<P> {
     /// Since when nothing has been in flight (for the resolve budget).
     idle_since: Instant,
     lookup_finished: bool,
+    /// The content's size, once an answer was relayed (a 200's `Content-Length`, a 206's
+    /// `Content-Range` size): a continuation must claim the same.
+    size: Option<u64>,
 }
 
 /// The mirroring state machine. `P` is the peer type (`libp2p::PeerId` in the node, a small

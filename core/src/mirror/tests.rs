@@ -583,3 +583,80 @@ fn least_used_peer_first() {
     let b = fetches(&drain(&mut m))[0].1;
     assert_ne!(a, b);
 }
+
+#[test]
+fn each_rejected_answer_names_its_reason() {
+    use super::fetches::{Rejection, judge};
+    let t0 = Instant::now();
+    let mut m = Mirror::new(MirrorConfig::default(), SELF, 9);
+    let mut req = blob_req("why");
+    req.range = Some(ByteRange::FromTo { start: 10, end: 19 });
+    m.handle_request(t0, RequestId(1), req.clone()).unwrap();
+    let mut manifest = blob_req("manifest");
+    manifest.manifest = true;
+    m.handle_request(t0, RequestId(2), manifest.clone())
+        .unwrap();
+    let (blob, man) = (&m.requests[&RequestId(1)], &m.requests[&RequestId(2)]);
+    let part = |len, start, end, size| FetchResponse {
+        status: 206,
+        content_length: len,
+        content_range: Some(ContentRange { start, end, size }),
+        ..ok_200(&req, 0)
+    };
+    assert_eq!(judge(blob, None, &part(Some(10), 10, 19, 100)), Ok(()));
+    let cap = crate::manifest::MAX_MANIFEST_SIZE as u64;
+    let cases = [
+        (
+            judge(blob, None, &part(None, 10, 19, 100)),
+            Rejection::NoLength,
+            "a body without Content-Length",
+        ),
+        (
+            judge(blob, None, &part(Some(11), 10, 19, 100)),
+            Rejection::LengthNotRange {
+                length: 11,
+                range: 10,
+            },
+            "Content-Length 11 is not the 10 bytes of its Content-Range",
+        ),
+        (
+            judge(man, None, &ok_200(&manifest, cap + 1)),
+            Rejection::ManifestTooLarge(cap + 1),
+            "a manifest of 4194305 bytes, larger than a manifest may be (4194304)",
+        ),
+        (
+            judge(blob, None, &part(Some(10), 0, 9, 100)),
+            Rejection::Range,
+            "Content-Range is not the range asked for",
+        ),
+    ];
+    for (got, want, text) in cases {
+        assert_eq!(got, Err(want));
+        assert_eq!(want.to_string(), text);
+    }
+    // A continuation of a 1000-byte blob that claims another size.
+    let r = m.requests.get_mut(&RequestId(1)).unwrap();
+    r.phase = Phase::Resuming {
+        start: 10,
+        end: 19,
+        written: 5,
+    };
+    r.size = Some(1000);
+    let r = &m.requests[&RequestId(1)];
+    assert_eq!(
+        judge(r, Some((15, 19)), &part(Some(5), 15, 19, 1000)),
+        Ok(())
+    );
+    let lie = Rejection::SizeNotKnown {
+        claimed: 2000,
+        known: 1000,
+    };
+    assert_eq!(
+        judge(r, Some((15, 19)), &part(Some(5), 15, 19, 2000)),
+        Err(lie)
+    );
+    assert_eq!(
+        lie.to_string(),
+        "a size of 2000 bytes, not the 1000 bytes already known for the digest"
+    );
+}

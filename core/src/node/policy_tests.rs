@@ -844,3 +844,259 @@ fn the_minimum_progress_is_a_budget() {
     .unwrap();
     assert_eq!(drain(&mut n), vec![Output::Interrupt { request: r }]);
 }
+
+// ---- what a peer's answer must say (SPEC §8) ----
+
+fn manifest_request(method: Method, reference: &str) -> ContentRequest {
+    let path = format!("/v2/x/manifests/{reference}?ns=127.0.0.1%3A5000");
+    request(method, &path, None, false)
+}
+
+fn manifest() -> Digest {
+    Digest::sha256_of(b"manifest")
+}
+
+/// An answer with `digest`, `status`, `len` and `range`.
+fn answer(
+    digest: Option<&Digest>,
+    status: u16,
+    len: Option<u64>,
+    range: Option<(u64, u64, u64)>,
+) -> FetchResponse {
+    FetchResponse {
+        status,
+        digest: digest.map(|d| d.to_string()),
+        content_length: len,
+        content_range: range.map(|(start, end, size)| ContentRange { start, end, size }),
+    }
+}
+
+/// Request 1 (`req`) mirrored from `peers` (the lookup finished); its first fetch answers
+/// `resp`. Returns the node, the peer that answered and what the node decided then.
+fn first_answer(
+    req: ContentRequest,
+    peers: &[u8],
+    resp: FetchResponse,
+) -> (Node<u32>, u32, Vec<Output<u32>>) {
+    let t0 = Instant::now();
+    let mut n = node();
+    let lookup = mirrored(&mut n, t0, 1, req);
+    let providers = peers
+        .iter()
+        .map(|p| (u32::from(*p), vec![addr(*p, 5000)]))
+        .collect();
+    n.handle(t0, Input::Providers { lookup, providers })
+        .unwrap();
+    n.handle(t0, Input::LookupFinished { lookup }).unwrap();
+    let f = fetches(&drain(&mut n));
+    assert_eq!(f.len(), 1, "{f:?}");
+    n.handle(t0, Input::FetchConnected { fetch: f[0].0 })
+        .unwrap();
+    n.handle(
+        t0 + ms(1),
+        Input::FetchResponded {
+            fetch: f[0].0,
+            response: resp,
+        },
+    )
+    .unwrap();
+    let out = drain(&mut n);
+    (n, f[0].1, out)
+}
+
+/// `out` serves nothing and asks another peer than `rejected`; that one's `good` answer is
+/// relayed.
+fn the_next_peer_serves(mut n: Node<u32>, rejected: u32, out: &[Output<u32>], good: FetchResponse) {
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Serve { .. })),
+        "{out:?}"
+    );
+    let next = fetches(out);
+    assert_eq!(next.len(), 1, "the next peer is asked: {out:?}");
+    assert_ne!(next[0].1, rejected);
+    let t = Instant::now();
+    n.handle(
+        t,
+        Input::FetchResponded {
+            fetch: next[0].0,
+            response: good,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        drain(&mut n),
+        vec![Output::Serve {
+            request: RequestId(1),
+            fetch: next[0].0
+        }]
+    );
+}
+
+/// `out` is the 404 of a request whose one attempt failed.
+fn the_one_attempt_failed(out: &[Output<u32>], key: &Key, code: ErrorCode) {
+    let fail = out.iter().find_map(|o| match o {
+        Output::Fail { error, reason, .. } => Some((error.code, error.message.clone(), *reason)),
+        _ => None,
+    });
+    assert_eq!(
+        fail,
+        Some((
+            code,
+            format!("all 1 attempts failed for {key}"),
+            crate::FailReason::AllAttemptsFailed
+        )),
+        "{out:?}"
+    );
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Serve { .. })),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_body_without_content_length_is_rejected() {
+    let b = blob();
+    // A whole blob, and a part.
+    let cases = [
+        (None, answer(Some(&b), 200, None, None), ok_200(4)),
+        (
+            Some("bytes=10-19"),
+            answer(Some(&b), 206, None, Some((10, 19, 100))),
+            answer(Some(&b), 206, Some(10), Some((10, 19, 100))),
+        ),
+    ];
+    for (range, unbounded, good) in cases {
+        let (n, peer, out) = first_answer(blob_request(range), &[1, 2], unbounded.clone());
+        the_next_peer_serves(n, peer, &out, good);
+        // Nobody else: the 404 of a lying peer.
+        let req = blob_request(range);
+        let key = req.key();
+        let (_, _, out) = first_answer(req, &[1], unbounded);
+        the_one_attempt_failed(&out, &key, ErrorCode::BlobUnknown);
+    }
+}
+
+#[test]
+fn a_manifest_over_4_mib_from_a_peer_is_rejected() {
+    let cap = crate::manifest::MAX_MANIFEST_SIZE as u64;
+    let m = manifest();
+    // By tag (no digest to check) and by digest.
+    for (reference, digest) in [("v1".to_owned(), None), (m.to_string(), Some(&m))] {
+        let req = || manifest_request(Method::GET, &reference);
+        let large = answer(digest, 200, Some(cap + 1), None);
+        let (n, peer, out) = first_answer(req(), &[1, 2], large.clone());
+        // Exactly the cap is a manifest still.
+        the_next_peer_serves(n, peer, &out, answer(digest, 200, Some(cap), None));
+        let key = req().key();
+        let (_, _, out) = first_answer(req(), &[1], large);
+        the_one_attempt_failed(&out, &key, ErrorCode::ManifestUnknown);
+    }
+    // A HEAD describes such a manifest as a local one does: not at all.
+    let head = || manifest_request(Method::HEAD, "v1");
+    let (n, peer, out) = first_answer(head(), &[1, 2], answer(None, 200, Some(cap + 1), None));
+    the_next_peer_serves(n, peer, &out, answer(None, 200, Some(100), None));
+}
+
+#[test]
+fn a_part_whose_length_is_not_its_range_is_rejected() {
+    let b = blob();
+    let range = Some((10, 19, 100));
+    for wrong in [9, 11, 100] {
+        let (n, peer, out) = first_answer(
+            blob_request(Some("bytes=10-19")),
+            &[1, 2],
+            answer(Some(&b), 206, Some(wrong), range),
+        );
+        the_next_peer_serves(n, peer, &out, answer(Some(&b), 206, Some(10), range));
+    }
+    let req = blob_request(Some("bytes=10-19"));
+    let key = req.key();
+    let (_, _, out) = first_answer(req, &[1], answer(Some(&b), 206, Some(11), range));
+    the_one_attempt_failed(&out, &key, ErrorCode::BlobUnknown);
+}
+
+#[test]
+fn a_continuation_must_claim_the_size_already_known() {
+    let b = blob();
+    let rest = FetchRange::FromTo {
+        start: 400,
+        end: 999,
+    };
+    // The right bytes of another blob's size; a length that is not the range.
+    let lies = [
+        answer(Some(&b), 206, Some(600), Some((400, 999, 2000))),
+        answer(Some(&b), 206, Some(1000), Some((400, 999, 1000))),
+    ];
+    for lie in lies {
+        // A 1000-byte blob from one of three peers breaks after 400 bytes.
+        let (mut n, _, t) = serving(None, ok_200(1000));
+        let r = RequestId(1);
+        n.handle(
+            t,
+            Input::PipeInterrupted {
+                request: r,
+                written: 400,
+            },
+        )
+        .unwrap();
+        let f = fetches(&drain(&mut n));
+        assert_eq!(f[0].5, rest);
+        n.handle(
+            t,
+            Input::FetchResponded {
+                fetch: f[0].0,
+                response: lie,
+            },
+        )
+        .unwrap();
+        let out = drain(&mut n);
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Continue { .. })),
+            "{out:?}"
+        );
+        let g = fetches(&out);
+        assert_eq!(g.len(), 1, "the last peer continues: {out:?}");
+        assert_ne!(g[0].1, f[0].1);
+        assert_eq!(g[0].5, rest);
+        n.handle(
+            t,
+            Input::FetchResponded {
+                fetch: g[0].0,
+                response: answer(Some(&b), 206, Some(600), Some((400, 999, 1000))),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            drain(&mut n),
+            vec![Output::Continue {
+                request: r,
+                fetch: g[0].0
+            }]
+        );
+    }
+}
+
+#[test]
+fn head_answers_keep_their_headers() {
+    let b = blob();
+    let head_blob = || {
+        let path = format!("/v2/x/blobs/{b}?ns=127.0.0.1%3A5000");
+        request(Method::HEAD, &path, None, false)
+    };
+    // With or without a length (nothing is relayed but headers), and a manifest's size.
+    let cases = [
+        (head_blob(), answer(Some(&b), 200, None, None)),
+        (head_blob(), answer(Some(&b), 200, Some(1 << 40), None)),
+        (
+            manifest_request(Method::HEAD, "v1"),
+            answer(None, 200, Some(1000), None),
+        ),
+    ];
+    for (req, resp) in cases {
+        let (_, _, out) = first_answer(req, &[1, 2], resp);
+        assert!(
+            matches!(out.as_slice(), [Output::Serve { request, .. }] if *request == RequestId(1)),
+            "{out:?}"
+        );
+    }
+}

@@ -37,6 +37,8 @@ pub trait Runtime: Clone + Send + Sync + 'static {
     type Unix: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     /// The timer.
     type Timer: Timer;
+    /// A TCP connection as hyper reads and writes it (the peer client).
+    type HyperTcp: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static;
 
     /// The runtime's name, as `version` prints it (`tokio`, `smol`).
     fn name(&self) -> &'static str;
@@ -75,6 +77,10 @@ pub trait Runtime: Clone + Send + Sync + 'static {
         listener: &Self::Listener,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<(Self::Tcp, SocketAddr)>>;
+
+    /// A TCP connection for hyper: a runtime that can read into hyper's buffers directly
+    /// gives its own adapter, others [`crate::io::hyper_io`].
+    fn hyper_tcp(&self, tcp: Self::Tcp) -> Self::HyperTcp;
 
     /// Connects to the unix socket at `path`.
     fn connect_unix(&self, path: &Path) -> BoxFuture<'static, io::Result<Self::Unix>>;

@@ -185,6 +185,7 @@ impl Runtime for Smol {
     type Listener = Async<TcpListener>;
     type Unix = Stream<UnixStream>;
     type Timer = SmolTimer;
+    type HyperTcp = crate::io::HyperIo<Self::Tcp>;
 
     fn name(&self) -> &'static str {
         "smol"
@@ -250,6 +251,10 @@ impl Runtime for Smol {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    fn hyper_tcp(&self, tcp: Self::Tcp) -> Self::HyperTcp {
+        crate::io::hyper_io(tcp)
     }
 
     fn connect_unix(&self, path: &Path) -> BoxFuture<'static, io::Result<Self::Unix>> {

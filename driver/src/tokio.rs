@@ -95,6 +95,7 @@ impl Runtime for Tokio {
     type Listener = tokio::net::TcpListener;
     type Unix = Stream<tokio::net::UnixStream>;
     type Timer = Sleep;
+    type HyperTcp = hyper_util::rt::TokioIo<tokio::net::TcpStream>;
 
     fn name(&self) -> &'static str {
         "tokio"
@@ -150,6 +151,11 @@ impl Runtime for Tokio {
         let (stream, remote) = ready!(listener.poll_accept(cx))?;
         stream.set_nodelay(true)?;
         Poll::Ready(Ok((Stream(stream), remote)))
+    }
+
+    fn hyper_tcp(&self, tcp: Tcp) -> Self::HyperTcp {
+        // hyper-util reads straight into hyper's buffer: no scratch copy.
+        hyper_util::rt::TokioIo::new(tcp.0)
     }
 
     fn connect_unix(&self, path: &Path) -> BoxFuture<'static, io::Result<Self::Unix>> {

@@ -116,7 +116,7 @@ async fn fetch<R: Runtime>(
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         // Bounds the bytes buffered per fetch.
         .max_buf_size(CHUNK_SIZE)
-        .handshake::<_, Empty<Bytes>>(speil_driver::io::hyper_io(io))
+        .handshake::<_, Empty<Bytes>>(rt.hyper_tcp(io))
         .await
         .map_err(|e| FetchFailure::Connect(format!("{addr}: {e}")))?;
     rt.spawn(Box::pin(async move {

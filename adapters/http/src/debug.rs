@@ -282,11 +282,10 @@ impl<R: Runtime> Inner<R> {
             .connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-            speil_driver::io::hyper_io(io),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(self.runtime.hyper_tcp(io))
+                .await
+                .map_err(|e| e.to_string())?;
         self.runtime.spawn(Box::pin(async move {
             let _ = conn.await;
         }));

@@ -338,6 +338,7 @@ impl Runtime for SimRuntime {
     type Listener = NoSocket;
     type Unix = NoSocket;
     type Timer = SimTimer;
+    type HyperTcp = speil_driver::io::HyperIo<Self::Tcp>;
 
     fn name(&self) -> &'static str {
         "simulated"
@@ -397,6 +398,10 @@ impl Runtime for SimRuntime {
         _cx: &mut Context<'_>,
     ) -> Poll<io::Result<(NoSocket, SocketAddr)>> {
         match *listener {}
+    }
+
+    fn hyper_tcp(&self, tcp: Self::Tcp) -> Self::HyperTcp {
+        speil_driver::io::hyper_io(tcp)
     }
 
     fn connect_unix(&self, _path: &Path) -> BoxFuture<'static, io::Result<NoSocket>> {

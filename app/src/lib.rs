@@ -114,17 +114,4 @@ pub fn main<L: Launcher>(launcher: L) -> ExitCode {
     }
 }
 
-/// `fut`, or `None` when `duration` passed first (on `rt`'s clock).
-pub(crate) async fn within<R: Runtime, T>(
-    rt: &R,
-    duration: std::time::Duration,
-    fut: impl Future<Output = T>,
-) -> Option<T> {
-    use speil_driver::RuntimeExt;
-    let timer = rt.sleep(duration);
-    futures::pin_mut!(fut);
-    match futures::future::select(fut, timer).await {
-        futures::future::Either::Left((v, _)) => Some(v),
-        futures::future::Either::Right(_) => None,
-    }
-}
+pub(crate) use speil_driver::within;

@@ -337,7 +337,7 @@ mod tests {
             let _o = outer.enter();
             let inner = tracing::info_span!(
                 "fetch",
-                peer = "10.0.0.7:5000",
+                peer = "192.0.2.7:5000",
                 late = tracing::field::Empty
             );
             inner.record("late", "yes");
@@ -351,7 +351,7 @@ mod tests {
                 "level": "INFO",
                 "msg": "not served",
                 "id": 7,
-                "peer": "10.0.0.7:5000",
+                "peer": "192.0.2.7:5000",
                 "late": "yes",
                 "status": 404,
             })

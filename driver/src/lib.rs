@@ -27,4 +27,4 @@ pub use node::{
     PipeReporter, Relay, Shared,
 };
 pub use ports::{BlobBody, ContentStore, PeerClient, PeerRequest, Provider, Router, SourceError};
-pub use runtime::{Runtime, RuntimeExt, Timer};
+pub use runtime::{Runtime, RuntimeExt, Timer, within};

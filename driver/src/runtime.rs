@@ -127,6 +127,21 @@ pub trait RuntimeExt: Runtime {
 
 impl<R: Runtime> RuntimeExt for R {}
 
+/// `fut`, or `None` when `duration` passed first on `rt`'s clock. The duration is the
+/// caller's budget (the core's); this is only the mechanism that races the two.
+pub async fn within<R: Runtime, T>(
+    rt: &R,
+    duration: Duration,
+    fut: impl Future<Output = T>,
+) -> Option<T> {
+    let timer = rt.sleep(duration);
+    futures::pin_mut!(fut);
+    match futures::future::select(fut, timer).await {
+        futures::future::Either::Left((v, _)) => Some(v),
+        futures::future::Either::Right(_) => None,
+    }
+}
+
 /// One `sendfile(2)` attempt (non-blocking socket): the part every runtime shares.
 pub fn try_sendfile(socket: impl AsFd, file: &File, offset: u64, len: usize) -> io::Result<usize> {
     let mut at = offset;

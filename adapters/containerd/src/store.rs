@@ -1,30 +1,15 @@
 //! containerd as the driver's content store: the [`ContentStore`] port over [`Containerd`].
 
-use std::future::Future;
 use std::time::Duration;
 
-use futures::future::{BoxFuture, Either};
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 use speil_core::Digest;
 use speil_core::store::ImageState;
-use speil_driver::{BlobBody, ContentStore, Runtime, RuntimeExt, SourceError};
+use speil_driver::{BlobBody, ContentStore, Runtime, SourceError, within};
 
 use crate::Containerd;
-
-/// `fut`, or `None` when `duration` passed first (on `rt`'s clock).
-async fn within<R: Runtime, T>(
-    rt: &R,
-    duration: Duration,
-    fut: impl Future<Output = T>,
-) -> Option<T> {
-    let timer = rt.sleep(duration);
-    futures::pin_mut!(fut);
-    match futures::future::select(fut, timer).await {
-        Either::Left((v, _)) => Some(v),
-        Either::Right(_) => None,
-    }
-}
 
 /// containerd as the driver's [`ContentStore`]. Every read, and every chunk of a streamed
 /// blob, gets at most the core's store budget (`NodeConfig::store_timeout`, given at

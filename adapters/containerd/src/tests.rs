@@ -20,9 +20,9 @@ use futures::{FutureExt as _, StreamExt as _};
 use speil_core::Digest;
 use speil_core::backoff::Backoff;
 use speil_core::store::StoreEvent;
+use speil_driver::Runtime;
 use speil_driver::smol::Smol;
 use speil_driver::tokio::Tokio;
-use speil_driver::{Runtime, RuntimeExt as _};
 use tonic::body::Body;
 use tonic::server::{Grpc, NamedService};
 use tonic::transport::Endpoint;
@@ -48,10 +48,9 @@ struct VersionResponse {
 
 /// `fut`, or a panic after `limit` on `rt`'s timer.
 async fn within<R: Runtime, T>(rt: &R, limit: Duration, fut: impl Future<Output = T>) -> T {
-    futures::pin_mut!(fut);
-    match futures::future::select(fut, rt.sleep(limit)).await {
-        futures::future::Either::Left((v, _)) => v,
-        futures::future::Either::Right(_) => panic!("not done within {limit:?}"),
+    match speil_driver::within(rt, limit, fut).await {
+        Some(v) => v,
+        None => panic!("not done within {limit:?}"),
     }
 }
 

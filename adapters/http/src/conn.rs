@@ -794,15 +794,14 @@ async fn write_within<R: Runtime, T>(
     budget: Duration,
     fut: impl Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
-    let timer = rt.sleep(budget);
-    futures::pin_mut!(fut);
-    match futures::future::select(fut, timer).await {
-        Either::Left((written, _)) => written,
-        Either::Right(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("the client read nothing for {budget:?}"),
-        )),
-    }
+    speil_driver::within(rt, budget, fut)
+        .await
+        .unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {budget:?}"),
+            ))
+        })
 }
 
 /// Answers a connection over the cap with `503` and closes it at once (its request is not

@@ -13,7 +13,8 @@
 //!   peer's response whose body is a [`pipe`] that the driver can continue with another
 //!   peer's body or interrupt.
 //! - [`client::HyperPeers`] is the driver's [`PeerClient`](speil_driver::PeerClient): hyper's
-//!   HTTP/1.1 client over the runtime's TCP connections (hyper stays only here).
+//!   HTTP/1.1 client over the runtime's TCP connections (hyper is only a client: here and
+//!   in the debug page's measure action).
 //! - [`debug::MetricsService`] serves `/metrics` and the `/debug/web/` page.
 //!
 //! # Zero copy

@@ -830,7 +830,7 @@ mod tests {
     fn host_headers_bracket_ipv6() {
         assert_eq!(host_header("2001:db8::11", 5003), "[2001:db8::11]:5003");
         assert_eq!(host_header("::1", 80), "[::1]");
-        assert_eq!(host_header("10.0.0.1", 5003), "10.0.0.1:5003");
+        assert_eq!(host_header("192.0.2.1", 5003), "192.0.2.1:5003");
         assert_eq!(host_header("peers.example", 80), "peers.example");
     }
 
@@ -839,21 +839,21 @@ mod tests {
         let p = |s: &str| s.parse::<IpAddr>().unwrap();
         let dual = vec![
             p("2001:db8::13"),
-            p("10.0.0.13"),
+            p("192.0.2.13"),
             p("2001:db8::11"),
-            p("10.0.0.11"),
-            p("::ffff:10.0.0.12"),
-            p("10.0.0.12"),
+            p("192.0.2.11"),
+            p("::ffff:192.0.2.12"),
+            p("192.0.2.12"),
         ];
         // IPv4 first, a mapped address deduplicated with its IPv4 form, own IPs left out
         // whichever way they are written.
         assert_eq!(
             lowest_ips(dual.clone(), &[]),
-            vec![p("10.0.0.11"), p("10.0.0.12"), p("10.0.0.13")]
+            vec![p("192.0.2.11"), p("192.0.2.12"), p("192.0.2.13")]
         );
         assert_eq!(
-            lowest_ips(dual, &[p("::ffff:10.0.0.11"), p("2001:db8::11")]),
-            vec![p("10.0.0.12"), p("10.0.0.13"), p("2001:db8::13")]
+            lowest_ips(dual, &[p("::ffff:192.0.2.11"), p("2001:db8::11")]),
+            vec![p("192.0.2.12"), p("192.0.2.13"), p("2001:db8::13")]
         );
         let v6 = vec![
             p("2001:db8::13"),
@@ -870,10 +870,10 @@ mod tests {
     #[test]
     fn dns_bootstrap_dials_ipv6_peers() {
         let hosts =
-            HostsResolver::parse("2001:db8::11 peers\n2001:db8::12 peers\n10.0.0.11 peers\n")
+            HostsResolver::parse("2001:db8::11 peers\n2001:db8::12 peers\n192.0.2.11 peers\n")
                 .unwrap();
         let dns = DnsBootstrap::new("peers", 5001, Arc::new(hosts.clone())).excluding(&[
-            "10.0.0.11".parse().unwrap(),
+            "192.0.2.11".parse().unwrap(),
             "2001:db8::11".parse().unwrap(),
         ]);
         let got = futures::executor::block_on(dns.peers()).unwrap();
@@ -884,7 +884,7 @@ mod tests {
             )]
         );
         let alone = DnsBootstrap::new("peers", 5001, Arc::new(hosts)).excluding(&[
-            "10.0.0.11".parse().unwrap(),
+            "192.0.2.11".parse().unwrap(),
             "2001:db8::11".parse().unwrap(),
             "2001:db8::12".parse().unwrap(),
         ]);
@@ -976,7 +976,7 @@ mod tests {
         };
         // A dual-stack name whose IPv4 address does not answer.
         let hosts =
-            HostsResolver::parse("10.0.0.11 node0.test\n2001:db8::11 node0.test\n").unwrap();
+            HostsResolver::parse("192.0.2.11 node0.test\n2001:db8::11 node0.test\n").unwrap();
         let http = HttpBootstrap::new(
             "http://node0.test:5002/id",
             Arc::new(hosts),
@@ -988,7 +988,7 @@ mod tests {
         assert_eq!(
             *tried.lock().unwrap(),
             vec![
-                "10.0.0.11:5002".parse::<SocketAddr>().unwrap(),
+                "192.0.2.11:5002".parse::<SocketAddr>().unwrap(),
                 "[2001:db8::11]:5002".parse().unwrap()
             ]
         );
@@ -1023,7 +1023,7 @@ mod tests {
         let peer = PeerId::random();
         let addrs: Vec<Multiaddr> = vec![
             "/ip6/2001:db8::11/tcp/5001".parse().unwrap(),
-            "/ip4/10.0.0.11/tcp/5001".parse().unwrap(),
+            "/ip4/192.0.2.11/tcp/5001".parse().unwrap(),
         ];
         let body = render_id(&peer, &addrs);
         assert!(body.contains("/ip6/2001:db8::11/tcp/5001"), "{body}");

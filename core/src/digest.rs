@@ -43,6 +43,51 @@ pub struct Digest {
     algorithm: Algorithm,
 }
 
+/// Checks bytes that arrive in pieces against a digest ([`Digest::verifier`]).
+#[derive(Clone)]
+pub struct Verifier {
+    want: Digest,
+    state: Hasher,
+}
+
+#[derive(Clone)]
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Verifier {
+    /// Adds the next piece.
+    pub fn update(&mut self, bytes: &[u8]) {
+        match &mut self.state {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::Sha512(h) => h.update(bytes),
+        }
+    }
+
+    /// Whether everything added hashes to the digest.
+    pub fn matches(self) -> bool {
+        let hex = match self.state {
+            Hasher::Sha256(h) => hex::encode(h.finalize()),
+            Hasher::Sha512(h) => hex::encode(h.finalize()),
+        };
+        hex == self.want.hex()
+    }
+
+    /// The digest the bytes are checked against.
+    pub fn digest(&self) -> &Digest {
+        &self.want
+    }
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("want", &self.want)
+            .finish()
+    }
+}
+
 /// Why a string is not a digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DigestError {
@@ -84,6 +129,18 @@ impl Digest {
     /// Whether `bytes` hash to this digest.
     pub fn verifies(&self, bytes: &[u8]) -> bool {
         Digest::compute(self.algorithm, bytes) == *self
+    }
+
+    /// An incremental check of bytes that arrive in pieces against this digest.
+    pub fn verifier(&self) -> Verifier {
+        let state = match self.algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        };
+        Verifier {
+            want: self.clone(),
+            state,
+        }
     }
 
     /// The algorithm.
@@ -207,6 +264,35 @@ mod tests {
             let alg = if big { Algorithm::Sha512 } else { Algorithm::Sha256 };
             let d = Digest::compute(alg, &bytes);
             prop_assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+        }
+
+        #[test]
+        fn pieces_verify_as_the_whole(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+            cuts in proptest::collection::vec(any::<usize>(), 0..5),
+            big in any::<bool>(),
+            flip in any::<Option<usize>>(),
+        ) {
+            let algorithm = if big { Algorithm::Sha512 } else { Algorithm::Sha256 };
+            let d = Digest::compute(algorithm, &bytes);
+            let mut body = bytes.clone();
+            let flipped = match flip {
+                Some(i) if !body.is_empty() => {
+                    let i = i % body.len();
+                    body[i] ^= 1;
+                    true
+                }
+                _ => false,
+            };
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut v = d.verifier();
+            let mut at = 0;
+            for c in cuts.into_iter().chain([body.len()]) {
+                v.update(&body[at..c]);
+                at = c;
+            }
+            prop_assert_eq!(v.matches(), !flipped);
         }
 
         #[test]

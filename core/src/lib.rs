@@ -88,7 +88,7 @@ pub mod request;
 pub mod store;
 pub mod walk;
 
-pub use digest::{Algorithm, Digest, DigestError};
+pub use digest::{Algorithm, Digest, DigestError, Verifier};
 pub use error::{ErrorCode, FailReason, OciError};
 pub use keys::Key;
 pub use manifest::{Manifest, ManifestError};

@@ -147,6 +147,8 @@ pub struct Metrics {
     pub served_bytes: Family<SourceLabel, Counter>,
     /// `speil_peer_resumes_total` (speil's own).
     pub peer_resumes: Counter,
+    /// `speil_body_mismatches_total` (speil's own).
+    pub body_mismatches: Counter,
     /// `speil_peers` (speil's own), set when the metrics are read.
     pub peers: Gauge,
     /// The registries `spegel_mirror_requests_total` names.
@@ -182,6 +184,7 @@ impl Metrics {
             not_found: Family::default(),
             served_bytes: Family::default(),
             peer_resumes: Counter::default(),
+            body_mismatches: Counter::default(),
             peers: Gauge::default(),
             registry_labels: Mutex::default(),
         };
@@ -247,6 +250,11 @@ impl Metrics {
             m.peer_resumes.clone(),
         );
         registry.register(
+            "speil_body_mismatches",
+            "Relayed bodies that did not hash to their digest (each aborted before its last byte)",
+            m.body_mismatches.clone(),
+        );
+        registry.register(
             "speil_peers",
             "Peers this node's router knows",
             m.peers.clone(),
@@ -274,6 +282,11 @@ impl Metrics {
                 reason: reason.as_str().to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a relayed body that did not hash to its digest.
+    pub fn body_mismatch(&self) {
+        self.body_mismatches.inc();
     }
 
     /// Counts `bytes` of a successful content response served from `source`.

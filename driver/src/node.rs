@@ -97,6 +97,11 @@ pub struct Relay<B> {
     /// Body bytes written to the client so far; the body adds to it, the driver reads it
     /// when the core polls the progress.
     pub written: Arc<AtomicU64>,
+    /// `Some`: the body is the whole content of this digest (also across continuations):
+    /// the body hashes what it relays and, when the last bytes would complete a body that
+    /// does not match, aborts the client's connection instead and reports
+    /// [`PipeEvent::Mismatch`].
+    pub verify: Option<Digest>,
 }
 
 /// What the driver tells a relayed body.
@@ -122,6 +127,9 @@ pub enum PipeEvent {
     },
     /// The client went away before the end.
     Closed,
+    /// The body (relayed with [`Relay::verify`]) did not hash to its digest: the client's
+    /// connection was aborted before the last byte.
+    Mismatch,
 }
 
 /// A relayed body's way to report to the driver.
@@ -572,6 +580,19 @@ where
                 self.requests.remove(&request);
                 self.input(Input::RequestClosed { request });
             }
+            PipeEvent::Mismatch => {
+                if let Some(state) = self.requests.remove(&request) {
+                    tracing::warn!(
+                        method = %state.method,
+                        path = %state.path,
+                        "a relayed body did not match its digest: the client's connection was \
+                         aborted before the last byte, and the peers that sent it are not asked \
+                         for it again for a while"
+                    );
+                }
+                self.shared.metrics.body_mismatch();
+                self.input(Input::PipeMismatch { request });
+            }
         }
     }
 
@@ -724,7 +745,11 @@ where
                 }
                 self.responded.remove(&id);
             }
-            Output::Serve { request, fetch } => self.serve(request, fetch),
+            Output::Serve {
+                request,
+                fetch,
+                verify,
+            } => self.serve(request, fetch, verify),
             Output::Continue { request, fetch } => {
                 self.shared.metrics.peer_resumes.inc();
                 let response = self.responded.remove(&fetch);
@@ -886,7 +911,7 @@ where
         self.rt.spawn(Abortable::new(task, reg).map(|_| ()).boxed());
     }
 
-    fn serve(&mut self, request: RequestId, fetch: FetchId) {
+    fn serve(&mut self, request: RequestId, fetch: FetchId, verify: Option<Digest>) {
         let Some(response) = self.responded.remove(&fetch) else {
             tracing::warn!(?request, ?fetch, "serve without a response");
             return;
@@ -918,6 +943,7 @@ where
                 tx: self.pipes.clone(),
             },
             written: state.written.clone(),
+            verify,
         };
         if let Some(reply) = state.reply.take() {
             // When the client is gone, the relay is dropped with the decision and its body

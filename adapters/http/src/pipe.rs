@@ -7,6 +7,12 @@
 //! core asked for with the right `Range`), [`PipeControl::Abort`] ends the body with an error
 //! so that hyper aborts the connection — the client never sees a clean, short body.
 //!
+//! When the core asked for it ([`speil_driver::Relay::verify`]: the body is the whole
+//! content of a digest), the pipe hashes every byte it relays, across continuations, and
+//! holds the last piece back until the hash is known: a body that does not match is never
+//! completed — the client's connection is aborted before its last byte and the pipe reports
+//! [`PipeEvent::Mismatch`].
+//!
 //! A peer that stops sending without closing its connection is caught by the core's stall
 //! watchdog: the driver reads the pipe's byte counter when the core polls the progress, and
 //! when the core finds none it sends [`PipeControl::Interrupt`]; the pipe drops the peer's
@@ -22,6 +28,7 @@ use futures::Stream;
 use futures::channel::mpsc;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::{Body, Frame, SizeHint};
+use speil_core::Verifier;
 use speil_driver::{PipeControl, PipeEvent, PipeReporter, Relay};
 
 use crate::BoxError;
@@ -48,6 +55,8 @@ pub struct Pipe {
     expected: Option<u64>,
     control: mpsc::UnboundedReceiver<PipeControl<PeerResponse>>,
     notify: Notify,
+    /// The hash of what was relayed so far, when the body is checked against a digest.
+    verify: Option<Verifier>,
 }
 
 impl Pipe {
@@ -62,6 +71,14 @@ impl Pipe {
             relay.written,
             Box::new(move |ev| reporter.report(ev)),
         )
+        .verified(relay.verify)
+    }
+
+    /// Checks the body against `verify` (see the module docs). Only a body promised to
+    /// deliver a known length is checked: the check happens when the last byte would go out.
+    pub fn verified(mut self, verify: Option<Verifier>) -> Pipe {
+        self.verify = verify.filter(|_| self.expected.is_some());
+        self
     }
 
     /// A pipe that starts with `first`, taking continuations from `control`, counting the
@@ -79,6 +96,7 @@ impl Pipe {
             expected,
             control,
             notify,
+            verify: None,
         }
     }
 
@@ -102,6 +120,8 @@ pub struct RelayParts {
     pub reporter: PipeReporter,
     /// The byte counter the driver reads.
     pub written: Arc<AtomicU64>,
+    /// The check of the body against its digest, when the core asked for one.
+    pub verify: Option<Verifier>,
 }
 
 impl RelayParts {
@@ -113,6 +133,7 @@ impl RelayParts {
                 control: relay.control,
                 reporter: relay.reporter,
                 written: relay.written,
+                verify: relay.verify.map(|d| d.verifier()),
             },
         )
     }
@@ -171,6 +192,25 @@ impl Body for Pipe {
                             .into())));
                         }
                         let written = written + data.len() as u64;
+                        if let Some(v) = &mut this.verify {
+                            v.update(&data);
+                        }
+                        if this.expected == Some(written)
+                            && let Some(v) = this.verify.take()
+                        {
+                            let digest = v.digest().to_string();
+                            if !v.matches() {
+                                // The last piece is held back: the client never gets a
+                                // complete body with the wrong bytes.
+                                tracing::warn!(%digest, written, "relayed body does not match its digest");
+                                this.state = State::Aborted;
+                                (this.notify)(PipeEvent::Mismatch);
+                                return Poll::Ready(Some(Err(Truncated(format!(
+                                    "the body does not match {digest}"
+                                ))
+                                .into())));
+                            }
+                        }
                         this.written.store(written, Ordering::Relaxed);
                         if this.expected == Some(written) {
                             // Complete: hyper may stop polling once it wrote Content-Length
@@ -380,6 +420,65 @@ mod tests {
         block_on(async {
             let (mut p, _tx, _events) = pipe(peer(vec![Ok(b"abc")]), Some(2));
             assert!(matches!(next(&mut p).await, Some(Err(_))));
+        });
+    }
+
+    fn check(body: &[u8]) -> Option<Verifier> {
+        Some(speil_core::Digest::sha256_of(body).verifier())
+    }
+
+    #[test]
+    fn a_verified_body_that_matches_is_complete() {
+        block_on(async {
+            let (p, _tx, events) = pipe(peer(vec![Ok(b"ab"), Ok(b"cd")]), Some(4));
+            let mut p = p.verified(check(b"abcd"));
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"cd"))));
+            assert_eq!(next(&mut p).await, None);
+            assert_eq!(*events.lock().unwrap(), vec![PipeEvent::Finished]);
+        });
+    }
+
+    #[test]
+    fn a_body_that_does_not_match_is_aborted_before_its_last_piece() {
+        block_on(async {
+            // Same length, one byte differs.
+            let (p, _tx, events) = pipe(peer(vec![Ok(b"ab"), Ok(b"cX")]), Some(4));
+            let mut p = p.verified(check(b"abcd"));
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
+            // The last piece never reaches the client: an error instead (hyper aborts the
+            // connection), and the count stays at what was delivered.
+            assert!(matches!(next(&mut p).await, Some(Err(e)) if e.contains("does not match")));
+            assert_eq!(p.written(), 2);
+            assert_eq!(next(&mut p).await, None);
+            drop(p);
+            assert_eq!(*events.lock().unwrap(), vec![PipeEvent::Mismatch]);
+        });
+    }
+
+    #[test]
+    fn the_check_spans_a_continuation() {
+        block_on(async {
+            for (rest, ok) in [(&b"cde"[..], true), (&b"cdX"[..], false)] {
+                let (p, tx, events) = pipe(peer(vec![Ok(b"ab"), Err("reset")]), Some(5));
+                let mut p = p.verified(check(b"abcde"));
+                assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
+                let rest: &'static [u8] = Box::leak(rest.to_vec().into_boxed_slice());
+                tx.unbounded_send(PipeControl::Continue(resp(peer(vec![Ok(rest)]))))
+                    .unwrap();
+                let last = next(&mut p).await;
+                let end = if ok {
+                    assert_eq!(last, Some(Ok(Bytes::from_static(rest))));
+                    PipeEvent::Finished
+                } else {
+                    assert!(matches!(last, Some(Err(_))), "{last:?}");
+                    PipeEvent::Mismatch
+                };
+                assert_eq!(
+                    *events.lock().unwrap(),
+                    vec![PipeEvent::Interrupted { written: 2 }, end]
+                );
+            }
         });
     }
 

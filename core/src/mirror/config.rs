@@ -22,8 +22,15 @@ pub struct MirrorConfig {
     /// the client. The core's own watchdog enforces it (see the `resume` module).
     pub stall_timeout: Duration,
     /// Body bytes a relayed response must deliver to the client per `stall_timeout` to count
-    /// as moving (at least 1).
+    /// as moving (at least 1): a peer that drips a few bytes per interval is as broken as one
+    /// that stopped.
     pub min_progress: u64,
+    /// A peer whose body did not match its digest is not asked for that digest again for this
+    /// long (SPEC.md §8).
+    pub distrust_for: Duration,
+    /// At most this many (digest, peer) pairs are remembered as distrusted; the one that
+    /// expires first makes room for a new one.
+    pub max_distrusted: usize,
     /// The time-to-first-byte estimate used before anything was observed.
     pub default_ttfb: Duration,
     /// Hedged fetches start at these percentiles of recent time-to-first-byte.
@@ -42,7 +49,9 @@ impl Default for MirrorConfig {
             min_header_budget: Duration::from_millis(100),
             dial_timeout: Duration::from_millis(200),
             stall_timeout: Duration::from_secs(5),
-            min_progress: 1,
+            min_progress: 64 * 1024,
+            distrust_for: Duration::from_secs(600),
+            max_distrusted: 4096,
             default_ttfb: Duration::from_millis(50),
             hedge_percentiles: vec![80, 85, 90],
             ttfb_window: 128,

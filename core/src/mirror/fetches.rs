@@ -208,6 +208,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     ) -> Result<(), MirrorError> {
         let fetch = self.fetches.get(&id).ok_or(MirrorError::UnknownFetch(id))?;
         let (rid, state, resume) = (fetch.request, fetch.state, fetch.resume);
+        let peer = fetch.peer.clone();
         if let FetchState::Waiting { connected, .. } = state {
             self.observe_ttfb(now.saturating_duration_since(connected));
         }
@@ -249,6 +250,17 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                         state: WatchState::Idle,
                     },
                 };
+                // The whole content passes through the response: its bytes can be checked
+                // against the digest asked for.
+                let verify = match (&request.req.digest, span, request.size) {
+                    (Some(d), Some((0, end)), Some(size))
+                        if !request.req.head && end + 1 == size =>
+                    {
+                        Some(d.clone())
+                    }
+                    _ => None,
+                };
+                request.fed_by.push(peer);
                 let others: Vec<FetchId> = request
                     .in_flight
                     .iter()
@@ -263,6 +275,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                 self.outputs.push_back(Output::Serve {
                     request: rid,
                     fetch: id,
+                    verify,
                 });
             }
             Phase::Resuming {
@@ -279,6 +292,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                         state: WatchState::Idle,
                     },
                 };
+                request.fed_by.push(peer);
                 self.mark_serving(id);
                 self.outputs.push_back(Output::Continue {
                     request: rid,

@@ -1,7 +1,7 @@
 //! DHT lookups: one shared query per key, its providers cached for a while, and new
 //! requests started against them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -37,11 +37,14 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             idle_since: now,
             lookup_finished: false,
             size: None,
+            fed_by: Vec::new(),
         };
         match self.lookups.get_mut(&key) {
             Some(lookup) => {
                 for (p, addrs) in &lookup.providers {
-                    request.add_candidate(p, addrs);
+                    if !distrusted(&self.distrusted, now, &key, p) {
+                        request.add_candidate(p, addrs);
+                    }
                 }
                 request.lookup_finished = lookup.finished_at.is_some();
                 lookup.waiters.insert(id);
@@ -119,7 +122,9 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         for rid in waiters {
             if let Some(r) = self.requests.get_mut(&rid) {
                 for (p, addrs) in &fresh {
-                    r.add_candidate(p, addrs);
+                    if !distrusted(&self.distrusted, now, &key, p) {
+                        r.add_candidate(p, addrs);
+                    }
                 }
             }
             self.pump(now, rid);
@@ -173,7 +178,42 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                 self.lookup_keys.remove(&l.id);
             }
         }
+        self.distrusted.retain(|_, until| *until > now);
     }
+
+    /// Remembers that `peers` sent a body for `key` that did not match its digest: none of
+    /// them is asked for `key` again before `distrust_for` passed. The memory is bounded: when
+    /// it is full, the entry that expires first goes.
+    pub(super) fn distrust(&mut self, now: Instant, key: &Key, peers: &[P]) {
+        let until = now + self.config.distrust_for;
+        self.distrusted.retain(|_, t| *t > now);
+        for p in peers {
+            let entry = (key.clone(), p.clone());
+            let cap = self.config.max_distrusted.max(1);
+            if !self.distrusted.contains_key(&entry) && self.distrusted.len() >= cap {
+                let first = self
+                    .distrusted
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = first {
+                    self.distrusted.remove(&k);
+                }
+            }
+            self.distrusted.insert(entry, until);
+        }
+    }
+}
+
+/// Whether `peer` is distrusted for `key` at `now`.
+fn distrusted<P: Ord + Clone>(
+    set: &BTreeMap<(Key, P), Instant>,
+    now: Instant,
+    key: &Key,
+    peer: &P,
+) -> bool {
+    set.get(&(key.clone(), peer.clone()))
+        .is_some_and(|until| *until > now)
 }
 
 impl<P: Clone + Ord> Request<P> {

@@ -151,6 +151,9 @@ struct Request<P> {
     /// The content's size, once an answer was relayed (a 200's `Content-Length`, a 206's
     /// `Content-Range` size): a continuation must claim the same.
     size: Option<u64>,
+    /// The peers whose bodies fed the client's response, in order (the first answer, then
+    /// each continuation).
+    fed_by: Vec<P>,
 }
 
 /// The mirroring state machine. `P` is the peer type (`libp2p::PeerId` in the node, a small
@@ -165,6 +168,10 @@ pub struct Mirror<P> {
     requests: BTreeMap<RequestId, Request<P>>,
     fetches: BTreeMap<FetchId, Fetch<P>>,
     peer_load: BTreeMap<P, usize>,
+    /// Peers not asked again for a key (a body that did not match its digest), and until when.
+    distrusted: BTreeMap<(Key, P), Instant>,
+    /// Bodies whose bytes did not match their digest.
+    mismatches: u64,
     ttfb: VecDeque<Duration>,
     /// Commands for the adapter, in the node's own [`Output`] type: the node moves them into its
     /// queue as they are.
@@ -187,6 +194,8 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             requests: BTreeMap::new(),
             fetches: BTreeMap::new(),
             peer_load: BTreeMap::new(),
+            distrusted: BTreeMap::new(),
+            mismatches: 0,
             ttfb: VecDeque::new(),
             outputs: VecDeque::new(),
             hits: 0,
@@ -238,6 +247,19 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// Mirrored requests answered by a peer (`cache="hit"`) and not (`cache="miss"`).
     pub fn counts(&self) -> (u64, u64) {
         (self.hits, self.misses)
+    }
+
+    /// Relayed bodies whose bytes did not match their digest (each aborted, its peers
+    /// distrusted for that digest).
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches
+    }
+
+    /// Whether `peer` is distrusted for `key` at `now`.
+    pub fn distrusts(&self, now: Instant, key: &Key, peer: &P) -> bool {
+        self.distrusted
+            .get(&(key.clone(), peer.clone()))
+            .is_some_and(|until| *until > now)
     }
 
     /// Moves the commands decided so far to the end of `queue`.

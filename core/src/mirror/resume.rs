@@ -34,6 +34,27 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         Ok(())
     }
 
+    /// The relayed body did not match its digest (the pipe aborted the client's connection):
+    /// the request ends, and every peer that fed the body is distrusted for the key.
+    pub(crate) fn handle_pipe_mismatch(
+        &mut self,
+        now: Instant,
+        id: RequestId,
+    ) -> Result<(), MirrorError> {
+        let request = self
+            .requests
+            .get(&id)
+            .ok_or(MirrorError::UnknownRequest(id))?;
+        if !matches!(request.phase, Phase::Streaming { .. }) {
+            return Err(MirrorError::UnexpectedReport(id));
+        }
+        let (key, peers) = (request.req.key.clone(), request.fed_by.clone());
+        self.mismatches += 1;
+        self.distrust(now, &key, &peers);
+        self.end_request(now, id);
+        Ok(())
+    }
+
     /// The peer's body broke after the client received `written` bytes of the body in total
     /// (across every fetch that fed it).
     pub(crate) fn handle_pipe_interrupted(

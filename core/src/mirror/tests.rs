@@ -96,7 +96,8 @@ fn serves_from_a_peer_and_never_from_itself() {
         drain(&mut m),
         vec![Output::Serve {
             request: RequestId(1),
-            fetch: f[0].0
+            fetch: f[0].0,
+            verify: req.digest.clone()
         }]
     );
     m.handle_pipe_finished(t0 + ms(5), RequestId(1)).unwrap();
@@ -250,7 +251,8 @@ fn hedges_at_the_observed_percentiles() {
     );
     assert!(outs.contains(&Output::Serve {
         request: RequestId(1),
-        fetch: winner
+        fetch: winner,
+        verify: req.digest.clone()
     }));
     assert_eq!(m.active_fetches(), 1);
 }
@@ -413,7 +415,8 @@ fn peer_answers_must_match_what_was_asked() {
         drain(&mut m),
         vec![Output::Serve {
             request: RequestId(1),
-            fetch: f
+            fetch: f,
+            verify: None
         }]
     );
 }
@@ -439,7 +442,8 @@ fn an_unsatisfiable_range_is_relayed_not_retried() {
         drain(&mut m),
         vec![Output::Serve {
             request: RequestId(1),
-            fetch: f
+            fetch: f,
+            verify: None
         }]
     );
 }

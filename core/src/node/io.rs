@@ -125,6 +125,14 @@ pub enum Input<P> {
         /// Body bytes the client received.
         written: u64,
     },
+    /// The body of a response served with `verify` (see [`Output::Serve`]) did not hash to
+    /// its digest: the client's connection was aborted before the last byte. The node ends the
+    /// request and does not ask the peers that fed the body for that digest again for a
+    /// while.
+    PipeMismatch {
+        /// The request.
+        request: RequestId,
+    },
     /// A fact about the content store.
     Store(StoreEvent),
 }
@@ -207,6 +215,10 @@ pub enum Output<P> {
         request: RequestId,
         /// The fetch whose response to relay.
         fetch: FetchId,
+        /// `Some`: the body is the whole content of this digest (also when continued by other
+        /// peers): hash it while it streams and, when the bytes do not match, abort the
+        /// client's connection before the last byte and report [`Input::PipeMismatch`].
+        verify: Option<Digest>,
     },
     /// Continue the client's interrupted body with this fetch's body.
     Continue {

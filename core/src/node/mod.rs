@@ -182,6 +182,7 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
                 m.handle_pipe_progress(now, request, written)
             }
             Input::PipeFinished { request } => m.handle_pipe_finished(now, request),
+            Input::PipeMismatch { request } => m.handle_pipe_mismatch(now, request),
             Input::PipeInterrupted { request, written } => {
                 m.handle_pipe_interrupted(now, request, written)
             }

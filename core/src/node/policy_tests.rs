@@ -326,12 +326,10 @@ fn serving(client_range: Option<&str>, resp: FetchResponse) -> (Node<u32>, Fetch
         },
     )
     .unwrap();
-    assert_eq!(
-        drain(&mut n),
-        vec![Output::Serve {
-            request: RequestId(1),
-            fetch: f
-        }]
+    let out = drain(&mut n);
+    assert!(
+        matches!(out.as_slice(), [Output::Serve { request, fetch, .. }] if *request == RequestId(1) && *fetch == f),
+        "{out:?}"
     );
     (n, f, t0 + ms(2))
 }
@@ -652,12 +650,12 @@ fn a_body_that_keeps_moving_is_never_interrupted() {
                 NodeTimeout::Mirror(TimeoutReason::ProgressAnswer)
             ))
         );
-        // One byte per period is enough by default.
+        // 64 KiB per period is enough by default.
         n.handle(
             now,
             Input::PipeProgress {
                 request: r,
-                written: i,
+                written: i * 64 * 1024,
             },
         )
         .unwrap();
@@ -669,7 +667,7 @@ fn a_body_that_keeps_moving_is_never_interrupted() {
 
 #[test]
 fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
-    let (mut n, first, t) = serving(None, ok_200(1000));
+    let (mut n, first, t) = serving(None, ok_200(1_000_000));
     let r = RequestId(1);
     n.handle_timeout(t + ms(5000));
     assert_eq!(drain(&mut n), vec![Output::PollProgress { request: r }]);
@@ -677,7 +675,7 @@ fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
         t + ms(5000),
         Input::PipeProgress {
             request: r,
-            written: 300,
+            written: 300_000,
         },
     )
     .unwrap();
@@ -689,7 +687,7 @@ fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
         t + ms(10_000),
         Input::PipeProgress {
             request: r,
-            written: 300,
+            written: 300_000,
         },
     )
     .unwrap();
@@ -707,7 +705,7 @@ fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
         t + ms(10_001),
         Input::PipeInterrupted {
             request: r,
-            written: 301,
+            written: 300_001,
         },
     )
     .unwrap();
@@ -717,8 +715,8 @@ fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
     assert_eq!(
         f[0].5,
         FetchRange::FromTo {
-            start: 301,
-            end: 999
+            start: 300_001,
+            end: 999_999
         }
     );
     // The continuation is watched from the bytes already written.
@@ -727,11 +725,11 @@ fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
     let rest = FetchResponse {
         status: 206,
         digest: Some(blob().to_string()),
-        content_length: Some(699),
+        content_length: Some(699_999),
         content_range: Some(ContentRange {
-            start: 301,
-            end: 999,
-            size: 1000,
+            start: 300_001,
+            end: 999_999,
+            size: 1_000_000,
         }),
     };
     n.handle(
@@ -755,7 +753,7 @@ fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
         t + ms(15_003),
         Input::PipeProgress {
             request: r,
-            written: 301,
+            written: 300_001,
         },
     )
     .unwrap();
@@ -923,12 +921,10 @@ fn the_next_peer_serves(mut n: Node<u32>, rejected: u32, out: &[Output<u32>], go
         },
     )
     .unwrap();
-    assert_eq!(
-        drain(&mut n),
-        vec![Output::Serve {
-            request: RequestId(1),
-            fetch: next[0].0
-        }]
+    let out = drain(&mut n);
+    assert!(
+        matches!(out.as_slice(), [Output::Serve { request, fetch, .. }] if *request == RequestId(1) && *fetch == next[0].0),
+        "{out:?}"
     );
 }
 
@@ -1099,4 +1095,264 @@ fn head_answers_keep_their_headers() {
             "{out:?}"
         );
     }
+}
+
+// ---- relayed bodies are checked against their digest (SPEC §8) ----
+
+/// The `verify` of the node's [`Output::Serve`] in `out`.
+fn verify_of(out: &[Output<u32>]) -> Option<Digest> {
+    out.iter()
+        .find_map(|o| match o {
+            Output::Serve { verify, .. } => Some(verify.clone()),
+            _ => None,
+        })
+        .expect("a Serve")
+}
+
+/// A node relaying a blob of 1000 bytes for request `id`, from the first of `peers`: the
+/// node, the peer asked and the Serve's `verify`.
+fn relaying(n: &mut Node<u32>, t: Instant, id: u64, peers: &[u32]) -> (u32, Option<Digest>) {
+    let lookup = mirrored(n, t, id, blob_request(None));
+    let providers = peers
+        .iter()
+        .map(|p| (*p, vec![addr(*p as u8, 5000)]))
+        .collect();
+    n.handle(t, Input::Providers { lookup, providers }).unwrap();
+    n.handle(t, Input::LookupFinished { lookup }).unwrap();
+    let f = fetches(&drain(n));
+    assert_eq!(f.len(), 1, "{f:?}");
+    n.handle(
+        t,
+        Input::FetchResponded {
+            fetch: f[0].0,
+            response: ok_200(1000),
+        },
+    )
+    .unwrap();
+    (f[0].1, verify_of(&drain(n)))
+}
+
+fn part_206(start: u64, end: u64, size: u64) -> FetchResponse {
+    FetchResponse {
+        status: 206,
+        digest: Some(blob().to_string()),
+        content_length: Some(end - start + 1),
+        content_range: Some(ContentRange { start, end, size }),
+    }
+}
+
+#[test]
+fn a_body_is_verified_when_the_whole_content_passes() {
+    // A whole blob, and a range that covers it: hashed against the digest asked for.
+    let (_, _, _) = serving(None, ok_200(1000));
+    let t = Instant::now();
+    let mut n = node();
+    assert_eq!(relaying(&mut n, t, 1, &[1]).1, Some(blob()));
+    for (range, resp, want) in [
+        (Some("bytes=0-"), part_206(0, 999, 1000), Some(blob())),
+        (Some("bytes=0-999"), part_206(0, 999, 1000), Some(blob())),
+        // A part of the blob cannot be checked against the digest of the whole.
+        (Some("bytes=10-"), part_206(10, 999, 1000), None),
+        (Some("bytes=0-10"), part_206(0, 10, 1000), None),
+    ] {
+        let mut n = node();
+        let lookup = mirrored(&mut n, t, 1, blob_request(range));
+        let providers = vec![(1, vec![addr(1, 5000)])];
+        n.handle(t, Input::Providers { lookup, providers }).unwrap();
+        let f = fetches(&drain(&mut n))[0].0;
+        n.handle(
+            t,
+            Input::FetchResponded {
+                fetch: f,
+                response: resp,
+            },
+        )
+        .unwrap();
+        assert_eq!(verify_of(&drain(&mut n)), want, "{range:?}");
+    }
+    // A tag names no digest: nothing to check the body against.
+    let mut n = node();
+    let tag = request(
+        Method::GET,
+        "/v2/x/manifests/v1?ns=127.0.0.1%3A5000",
+        None,
+        false,
+    );
+    let lookup = mirrored(&mut n, t, 1, tag);
+    let providers = vec![(1, vec![addr(1, 5000)])];
+    n.handle(t, Input::Providers { lookup, providers }).unwrap();
+    let f = fetches(&drain(&mut n))[0].0;
+    let manifest = FetchResponse {
+        status: 200,
+        digest: Some(blob().to_string()),
+        content_length: Some(100),
+        content_range: None,
+    };
+    n.handle(
+        t,
+        Input::FetchResponded {
+            fetch: f,
+            response: manifest,
+        },
+    )
+    .unwrap();
+    assert_eq!(verify_of(&drain(&mut n)), None);
+}
+
+#[test]
+fn a_body_that_does_not_match_its_digest_makes_every_peer_that_fed_it_distrusted() {
+    let t = Instant::now();
+    let mut n = node();
+    let r = RequestId(1);
+    let (first, verify) = relaying(&mut n, t, 1, &[1, 2, 3]);
+    assert_eq!(verify, Some(blob()));
+    // The body broke at 400 and a second peer continued it.
+    n.handle(
+        t,
+        Input::PipeInterrupted {
+            request: r,
+            written: 400,
+        },
+    )
+    .unwrap();
+    let f = fetches(&drain(&mut n));
+    let second = f[0].1;
+    assert_ne!(second, first);
+    n.handle(
+        t,
+        Input::FetchResponded {
+            fetch: f[0].0,
+            response: part_206(400, 999, 1000),
+        },
+    )
+    .unwrap();
+    assert!(matches!(
+        drain(&mut n).as_slice(),
+        [Output::Continue { .. }]
+    ));
+    // The whole body did not hash to the digest: the pipe aborted the client's connection.
+    n.handle(t, Input::PipeMismatch { request: r }).unwrap();
+    assert_eq!(n.mirror().active_requests(), 0);
+    assert_eq!(n.mirror().mismatches(), 1);
+    let key = blob_request(None).key();
+    assert!(n.mirror().distrusts(t, &key, &first));
+    assert!(n.mirror().distrusts(t, &key, &second));
+    // A late report about the ended request is misuse.
+    assert_eq!(
+        n.handle(t, Input::PipeMismatch { request: r }),
+        Err(MirrorError::UnknownRequest(r))
+    );
+
+    // The next request for that blob (after the lookup cache expired) asks only the third
+    // peer.
+    let t2 = t + ms(6_000);
+    let (asked, _) = relaying(&mut n, t2, 2, &[1, 2, 3]);
+    let third = [1, 2, 3]
+        .into_iter()
+        .find(|p| *p != first && *p != second)
+        .unwrap();
+    assert_eq!(asked, third);
+    n.handle(
+        t2,
+        Input::PipeMismatch {
+            request: RequestId(2),
+        },
+    )
+    .unwrap();
+    // Nobody is left for that blob: a 404 at once, and containerd goes upstream.
+    let t3 = t2 + ms(6_000);
+    let lookup = mirrored(&mut n, t3, 3, blob_request(None));
+    let providers = vec![
+        (1, vec![addr(1, 5000)]),
+        (2, vec![addr(2, 5000)]),
+        (3, vec![addr(3, 5000)]),
+    ];
+    n.handle(t3, Input::Providers { lookup, providers })
+        .unwrap();
+    n.handle(t3, Input::LookupFinished { lookup }).unwrap();
+    let out = drain(&mut n);
+    assert!(fetches(&out).is_empty(), "{out:?}");
+    assert!(
+        matches!(out.as_slice(), [Output::Fail { error, .. }] if error.message.contains("could not find peer")),
+        "{out:?}"
+    );
+
+    // The memory is bounded in time: after `distrust_for` the peers are asked again.
+    let later = t + n.mirror().config().distrust_for + ms(1);
+    assert!(!n.mirror().distrusts(later, &key, &first));
+    let (asked, _) = relaying(&mut n, later, 4, &[first]);
+    assert_eq!(asked, first);
+}
+
+#[test]
+fn the_distrust_memory_is_bounded_in_size() {
+    let t = Instant::now();
+    let mut cfg = NodeConfig::new(SELF);
+    cfg.mirror.max_distrusted = 1;
+    let mut n = Node::new(cfg);
+    let (peer, _) = relaying(&mut n, t, 1, &[1]);
+    n.handle(
+        t,
+        Input::PipeMismatch {
+            request: RequestId(1),
+        },
+    )
+    .unwrap();
+    let key = blob_request(None).key();
+    assert!(n.mirror().distrusts(t, &key, &peer));
+    // Another blob's mismatch takes the one place: the first pair is forgotten.
+    let other = Digest::sha256_of(b"other layer");
+    let path = format!("/v2/x/blobs/{other}?ns=127.0.0.1%3A5000");
+    let lookup = mirrored(&mut n, t, 2, request(Method::GET, &path, None, false));
+    n.handle(
+        t,
+        Input::Providers {
+            lookup,
+            providers: vec![(2, vec![addr(2, 5000)])],
+        },
+    )
+    .unwrap();
+    let f = fetches(&drain(&mut n))[0].0;
+    let resp = FetchResponse {
+        digest: Some(other.to_string()),
+        ..ok_200(10)
+    };
+    n.handle(
+        t,
+        Input::FetchResponded {
+            fetch: f,
+            response: resp,
+        },
+    )
+    .unwrap();
+    drain(&mut n);
+    n.handle(
+        t + ms(1),
+        Input::PipeMismatch {
+            request: RequestId(2),
+        },
+    )
+    .unwrap();
+    assert!(!n.mirror().distrusts(t + ms(1), &key, &peer));
+    let other_key = request(Method::GET, &path, None, false).key();
+    assert!(n.mirror().distrusts(t + ms(1), &other_key, &2));
+}
+
+#[test]
+fn a_drip_is_not_progress_by_default() {
+    // One byte per period keeps a body moving only when the minimum allows it: the default
+    // asks for 64 KiB per stall timeout.
+    let (mut n, _, t) = serving(None, ok_200(1_000_000));
+    let r = RequestId(1);
+    n.handle_timeout(t + ms(5000));
+    assert_eq!(drain(&mut n), vec![Output::PollProgress { request: r }]);
+    n.handle(
+        t + ms(5000),
+        Input::PipeProgress {
+            request: r,
+            written: 1,
+        },
+    )
+    .unwrap();
+    assert_eq!(drain(&mut n), vec![Output::Interrupt { request: r }]);
 }

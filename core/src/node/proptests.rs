@@ -119,8 +119,10 @@ fn reply(command: &Output<u32>, v: u8) -> (Input<u32>, bool) {
                 }
             }
         }
-        Output::Serve { request, .. } | Output::Continue { request, .. } => match v % 3 {
+        Output::Serve { request, .. } | Output::Continue { request, .. } => match v % 4 {
             0 => (Input::PipeFinished { request: *request }, false),
+            // A body that did not match its digest.
+            1 => (Input::PipeMismatch { request: *request }, false),
             _ => {
                 let request = *request;
                 (Input::PipeInterrupted { request, written }, false)
@@ -348,9 +350,10 @@ fn run(seed: u64, steps: &[Step]) -> Result<Run, TestCaseError> {
                 _ => None,
             };
             let ends = match &input {
-                Input::RequestClosed { request } | Input::PipeFinished { request } => {
-                    Some(*request)
-                }
+                // The pipe aborted a body that did not match its digest.
+                Input::RequestClosed { request }
+                | Input::PipeFinished { request }
+                | Input::PipeMismatch { request } => Some(*request),
                 // A body reported broken after all of it was delivered is complete.
                 Input::PipeInterrupted { request, .. } => Some(*request),
                 _ => None,

@@ -102,6 +102,8 @@ pub struct Relay<B> {
     /// does not match, aborts the client's connection instead and reports
     /// [`PipeEvent::Mismatch`].
     pub verify: Option<Digest>,
+    /// With `verify`: send nothing before all of the body arrived and matched.
+    pub hold: bool,
 }
 
 /// What the driver tells a relayed body.
@@ -749,7 +751,8 @@ where
                 request,
                 fetch,
                 verify,
-            } => self.serve(request, fetch, verify),
+                hold,
+            } => self.serve(request, fetch, verify, hold),
             Output::Continue { request, fetch } => {
                 self.shared.metrics.peer_resumes.inc();
                 let response = self.responded.remove(&fetch);
@@ -911,7 +914,7 @@ where
         self.rt.spawn(Abortable::new(task, reg).map(|_| ()).boxed());
     }
 
-    fn serve(&mut self, request: RequestId, fetch: FetchId, verify: Option<Digest>) {
+    fn serve(&mut self, request: RequestId, fetch: FetchId, verify: Option<Digest>, hold: bool) {
         let Some(response) = self.responded.remove(&fetch) else {
             tracing::warn!(?request, ?fetch, "serve without a response");
             return;
@@ -944,6 +947,7 @@ where
             },
             written: state.written.clone(),
             verify,
+            hold,
         };
         if let Some(reply) = state.reply.take() {
             // When the client is gone, the relay is dropped with the decision and its body

@@ -414,6 +414,78 @@ async fn a_frozen_containerd_does_not_hang_requests(kind: ClusterKind) -> Result
     Ok(())
 }
 
+/// `speil_body_mismatches_total` of `s`.
+fn mismatches(s: &Speil) -> Result<f64> {
+    Ok(s.metrics()?
+        .lines()
+        .find_map(|l| l.strip_prefix("speil_body_mismatches_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+async fn a_corrupt_copy_on_a_peer_is_never_relayed(kind: ClusterKind) -> Result<()> {
+    let c = Cluster::start_nodes(&kind.nodes(2))?;
+    let reg = c.registry();
+    let image = images::multi()?;
+    c.h.registry.push(image)?;
+    c.h.nodes[0].cri_pull(&image.reference(&reg)).await?;
+    wait_findable(&c.speils[1], image, &reg, Duration::from_secs(10))?;
+    // One byte of node 0's copy of its largest layer goes bad on disk (same size:
+    // containerd's own metadata still says the content is there).
+    let layers = image.host_platform()?.layers.clone();
+    let mut sizes = Vec::new();
+    for l in &layers {
+        sizes.push((image.blob(l)?.len(), l.clone()));
+    }
+    let (_, layer) = sizes.into_iter().max().context("a layer")?;
+    let file = c.h.nodes[0]
+        .content_path()
+        .join("blobs/sha256")
+        .join(layer.hex());
+    let mut bytes = std::fs::read(&file).with_context(|| file.display().to_string())?;
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&file, &bytes)?;
+    // Node 1 pulls, the upstream still reachable: within two attempts the pull succeeds
+    // (speil never completes the corrupt body, answers 404 on the retry, and containerd goes
+    // upstream).
+    let mut attempts = Vec::new();
+    for _ in 0..2 {
+        let r = c.h.nodes[1].cri_pull(&image.reference(&reg)).await;
+        let ok = r.is_ok();
+        attempts.push(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+        if ok {
+            break;
+        }
+    }
+    assert!(
+        attempts.last().is_some_and(|a| a.is_ok()),
+        "the pull failed twice: {attempts:?}\n{}",
+        c.speils[1].log_tail()
+    );
+    assert!(
+        mismatches(&c.speils[1])? >= 1.0,
+        "node 1 never saw the corrupt body: {}",
+        c.speils[1].log_tail()
+    );
+    assert!(
+        c.speils[1]
+            .log_text()
+            .contains("a relayed body did not match its digest"),
+        "{}",
+        c.speils[1].log_tail()
+    );
+    // Nothing corrupt was stored: node 1's copy is the upstream's.
+    let stored = c.h.nodes[1]
+        .content_path()
+        .join("blobs/sha256")
+        .join(layer.hex());
+    let stored = std::fs::read(&stored).with_context(|| stored.display().to_string())?;
+    assert!(layer.verifies(&stored), "node 1 stored a corrupt {layer}");
+    assert_bytes_match(&c.speils[1], image)?;
+    Ok(())
+}
+
 /// One `#[test]` per scenario and cluster kind, so that CI shows which generation broke and
 /// the generations run in parallel (each harness has its own address block and ports).
 macro_rules! on {
@@ -457,6 +529,7 @@ on_each!(
         registry_api_statuses_over_real_http,
         speil_survives_a_containerd_restart,
         a_frozen_containerd_does_not_hang_requests,
+        a_corrupt_copy_on_a_peer_is_never_relayed,
     ]
 );
 // A cluster of 1.6, 2.3.4 and 2.4 nodes running tokio and smol builds side by side (the
@@ -469,5 +542,6 @@ on!(
         a_peer_killed_mid_blob_does_not_break_the_pull,
         a_late_tag_is_found_and_a_removed_image_gives_a_clean_404,
         speil_survives_a_containerd_restart,
+        a_corrupt_copy_on_a_peer_is_never_relayed,
     ]
 );

@@ -18,6 +18,7 @@
 //! when the core finds none it sends [`PipeControl::Interrupt`]; the pipe drops the peer's
 //! body (closing its connection) and reports the interruption like a broken body.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,8 @@ pub type PeerBody = UnsyncBoxBody<Bytes, BoxError>;
 enum State {
     Streaming(PeerBody),
     Waiting,
+    /// A held body that matched: its pieces go out now.
+    Draining(VecDeque<Bytes>),
     Finished,
     Aborted,
 }
@@ -57,6 +60,12 @@ pub struct Pipe {
     notify: Notify,
     /// The hash of what was relayed so far, when the body is checked against a digest.
     verify: Option<Verifier>,
+    /// `Some` while a checked body is held: what arrived so far (nothing goes out before
+    /// all of it matched).
+    held: Option<Vec<Bytes>>,
+    /// Bytes handed out to the client (`written` counts what the pipe took in, which is
+    /// more while a body is held).
+    sent: u64,
 }
 
 impl Pipe {
@@ -71,13 +80,15 @@ impl Pipe {
             relay.written,
             Box::new(move |ev| reporter.report(ev)),
         )
-        .verified(relay.verify)
+        .verified(relay.verify, relay.hold)
     }
 
     /// Checks the body against `verify` (see the module docs). Only a body promised to
     /// deliver a known length is checked: the check happens when the last byte would go out.
-    pub fn verified(mut self, verify: Option<Verifier>) -> Pipe {
+    /// `hold`: nothing goes out before all of the body arrived and matched.
+    pub fn verified(mut self, verify: Option<Verifier>, hold: bool) -> Pipe {
         self.verify = verify.filter(|_| self.expected.is_some());
+        self.held = (hold && self.verify.is_some()).then(Vec::new);
         self
     }
 
@@ -97,6 +108,8 @@ impl Pipe {
             control,
             notify,
             verify: None,
+            held: None,
+            sent: 0,
         }
     }
 
@@ -122,6 +135,8 @@ pub struct RelayParts {
     pub written: Arc<AtomicU64>,
     /// The check of the body against its digest, when the core asked for one.
     pub verify: Option<Verifier>,
+    /// Hold the checked body until it matched.
+    pub hold: bool,
 }
 
 impl RelayParts {
@@ -134,6 +149,7 @@ impl RelayParts {
                 reporter: relay.reporter,
                 written: relay.written,
                 verify: relay.verify.map(|d| d.verifier()),
+                hold: relay.hold,
             },
         )
     }
@@ -212,12 +228,25 @@ impl Body for Pipe {
                             }
                         }
                         this.written.store(written, Ordering::Relaxed);
-                        if this.expected == Some(written) {
-                            // Complete: hyper may stop polling once it wrote Content-Length
-                            // bytes, so the end is reported now.
+                        let complete = this.expected == Some(written);
+                        if let Some(held) = &mut this.held {
+                            held.push(data);
+                            if complete {
+                                // All of it arrived and matched: out it goes.
+                                let pieces = std::mem::take(held).into();
+                                this.held = None;
+                                this.state = State::Draining(pieces);
+                                (this.notify)(PipeEvent::Finished);
+                            }
+                            continue;
+                        }
+                        if complete {
+                            // Complete: the server may stop polling once it wrote
+                            // Content-Length bytes, so the end is reported now.
                             this.state = State::Finished;
                             (this.notify)(PipeEvent::Finished);
                         }
+                        this.sent += data.len() as u64;
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     Poll::Ready(Some(Err(e))) => {
@@ -251,6 +280,13 @@ impl Body for Pipe {
                         .into())));
                     }
                 },
+                State::Draining(pieces) => match pieces.pop_front() {
+                    Some(data) => {
+                        this.sent += data.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    None => this.state = State::Finished,
+                },
                 State::Finished | State::Aborted => return Poll::Ready(None),
             }
         }
@@ -262,7 +298,7 @@ impl Body for Pipe {
 
     fn size_hint(&self) -> SizeHint {
         match self.expected {
-            Some(e) => SizeHint::with_exact(e.saturating_sub(self.written())),
+            Some(e) => SizeHint::with_exact(e.saturating_sub(self.sent)),
             None => SizeHint::default(),
         }
     }
@@ -431,7 +467,7 @@ mod tests {
     fn a_verified_body_that_matches_is_complete() {
         block_on(async {
             let (p, _tx, events) = pipe(peer(vec![Ok(b"ab"), Ok(b"cd")]), Some(4));
-            let mut p = p.verified(check(b"abcd"));
+            let mut p = p.verified(check(b"abcd"), false);
             assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
             assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"cd"))));
             assert_eq!(next(&mut p).await, None);
@@ -444,7 +480,7 @@ mod tests {
         block_on(async {
             // Same length, one byte differs.
             let (p, _tx, events) = pipe(peer(vec![Ok(b"ab"), Ok(b"cX")]), Some(4));
-            let mut p = p.verified(check(b"abcd"));
+            let mut p = p.verified(check(b"abcd"), false);
             assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
             // The last piece never reaches the client: an error instead (hyper aborts the
             // connection), and the count stays at what was delivered.
@@ -461,7 +497,7 @@ mod tests {
         block_on(async {
             for (rest, ok) in [(&b"cde"[..], true), (&b"cdX"[..], false)] {
                 let (p, tx, events) = pipe(peer(vec![Ok(b"ab"), Err("reset")]), Some(5));
-                let mut p = p.verified(check(b"abcde"));
+                let mut p = p.verified(check(b"abcde"), false);
                 assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
                 let rest: &'static [u8] = Box::leak(rest.to_vec().into_boxed_slice());
                 tx.unbounded_send(PipeControl::Continue(resp(peer(vec![Ok(rest)]))))
@@ -479,6 +515,61 @@ mod tests {
                     vec![PipeEvent::Interrupted { written: 2 }, end]
                 );
             }
+        });
+    }
+
+    /// Polls `p` once, without waiting.
+    fn poll_once(p: &mut Pipe) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        Pin::new(p).poll_frame(&mut cx)
+    }
+
+    #[test]
+    fn a_held_body_goes_out_only_when_all_of_it_matched() {
+        block_on(async {
+            // Two pieces, then the peer waits (its connection open), then the last piece.
+            let (tx_peer, rx_peer) = mpsc::unbounded::<Result<Frame<Bytes>, BoxError>>();
+            let first = StreamBody::new(rx_peer).boxed_unsync();
+            let (p, _tx, events) = pipe(first, Some(6));
+            let mut p = p.verified(check(b"abcdef"), true);
+            tx_peer
+                .unbounded_send(Ok(Frame::data(Bytes::from_static(b"ab"))))
+                .unwrap();
+            tx_peer
+                .unbounded_send(Ok(Frame::data(Bytes::from_static(b"cd"))))
+                .unwrap();
+            // Taken in (the watchdog sees progress), but nothing handed out.
+            assert!(poll_once(&mut p).is_pending());
+            assert_eq!(p.written(), 4);
+            assert_eq!(p.size_hint().exact(), Some(6));
+            tx_peer
+                .unbounded_send(Ok(Frame::data(Bytes::from_static(b"ef"))))
+                .unwrap();
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ab"))));
+            assert_eq!(*events.lock().unwrap(), vec![PipeEvent::Finished]);
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"cd"))));
+            assert_eq!(next(&mut p).await, Some(Ok(Bytes::from_static(b"ef"))));
+            assert_eq!(next(&mut p).await, None);
+        });
+    }
+
+    #[test]
+    fn a_held_body_that_does_not_match_sends_nothing() {
+        block_on(async {
+            let (p, tx, events) = pipe(peer(vec![Ok(b"ab"), Err("reset")]), Some(5));
+            let mut p = p.verified(check(b"abcde"), true);
+            // Held across a continuation, which brings the wrong bytes.
+            tx.unbounded_send(PipeControl::Continue(resp(peer(vec![Ok(b"cdX")]))))
+                .unwrap();
+            let first = next(&mut p).await;
+            assert!(matches!(first, Some(Err(_))), "{first:?}");
+            assert_eq!(p.sent, 0, "not one byte reached the client");
+            drop(p);
+            assert_eq!(
+                *events.lock().unwrap(),
+                vec![PipeEvent::Interrupted { written: 2 }, PipeEvent::Mismatch]
+            );
         });
     }
 

@@ -31,6 +31,13 @@ pub struct MirrorConfig {
     /// At most this many (digest, peer) pairs are remembered as distrusted; the one that
     /// expires first makes room for a new one.
     pub max_distrusted: usize,
+    /// A checked body up to this size is held until all of it arrived and matched its
+    /// digest, and only then sent: containerd keeps the part of a download it received and
+    /// resumes from it, so a corrupt byte that reached it would fail every later pull of that
+    /// content. Larger bodies stream, and a mismatch only cuts them before their last byte.
+    pub hold_max: u64,
+    /// The bytes all held bodies together may take; a body that does not fit streams.
+    pub hold_budget: u64,
     /// The time-to-first-byte estimate used before anything was observed.
     pub default_ttfb: Duration,
     /// Hedged fetches start at these percentiles of recent time-to-first-byte.
@@ -52,6 +59,8 @@ impl Default for MirrorConfig {
             min_progress: 64 * 1024,
             distrust_for: Duration::from_secs(600),
             max_distrusted: 4096,
+            hold_max: 16 * 1024 * 1024,
+            hold_budget: 64 * 1024 * 1024,
             default_ttfb: Duration::from_millis(50),
             hedge_percentiles: vec![80, 85, 90],
             ttfb_window: 128,

@@ -260,6 +260,19 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                     }
                     _ => None,
                 };
+                // A checked body small enough, while the budget lasts, is held until it
+                // matched.
+                let hold = match (&verify, request.size) {
+                    (Some(_), Some(size))
+                        if size <= self.config.hold_max
+                            && self.held.saturating_add(size) <= self.config.hold_budget =>
+                    {
+                        size
+                    }
+                    _ => 0,
+                };
+                request.held = hold;
+                self.held += hold;
                 request.fed_by.push(peer);
                 let others: Vec<FetchId> = request
                     .in_flight
@@ -276,6 +289,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
                     request: rid,
                     fetch: id,
                     verify,
+                    hold: hold > 0,
                 });
             }
             Phase::Resuming {

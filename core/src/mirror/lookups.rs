@@ -38,6 +38,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             lookup_finished: false,
             size: None,
             fed_by: Vec::new(),
+            held: 0,
         };
         match self.lookups.get_mut(&key) {
             Some(lookup) => {

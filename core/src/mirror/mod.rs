@@ -154,6 +154,8 @@ struct Request<P> {
     /// The peers whose bodies fed the client's response, in order (the first answer, then
     /// each continuation).
     fed_by: Vec<P>,
+    /// Bytes of the hold budget this request's body takes (0: it streams).
+    held: u64,
 }
 
 /// The mirroring state machine. `P` is the peer type (`libp2p::PeerId` in the node, a small
@@ -172,6 +174,8 @@ pub struct Mirror<P> {
     distrusted: BTreeMap<(Key, P), Instant>,
     /// Bodies whose bytes did not match their digest.
     mismatches: u64,
+    /// Bytes of the hold budget taken by the bodies being held.
+    held: u64,
     ttfb: VecDeque<Duration>,
     /// Commands for the adapter, in the node's own [`Output`] type: the node moves them into its
     /// queue as they are.
@@ -196,6 +200,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             peer_load: BTreeMap::new(),
             distrusted: BTreeMap::new(),
             mismatches: 0,
+            held: 0,
             ttfb: VecDeque::new(),
             outputs: VecDeque::new(),
             hits: 0,
@@ -253,6 +258,11 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
     /// distrusted for that digest).
     pub fn mismatches(&self) -> u64 {
         self.mismatches
+    }
+
+    /// Bytes of the hold budget taken now (see [`MirrorConfig::hold_max`]).
+    pub fn held_bytes(&self) -> u64 {
+        self.held
     }
 
     /// Whether `peer` is distrusted for `key` at `now`.

@@ -56,6 +56,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         let Some(r) = self.requests.remove(&rid) else {
             return;
         };
+        self.held = self.held.saturating_sub(r.held);
         for f in r.in_flight.iter().copied() {
             let serving = self
                 .fetches

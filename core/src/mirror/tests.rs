@@ -97,7 +97,8 @@ fn serves_from_a_peer_and_never_from_itself() {
         vec![Output::Serve {
             request: RequestId(1),
             fetch: f[0].0,
-            verify: req.digest.clone()
+            verify: req.digest.clone(),
+            hold: true,
         }]
     );
     m.handle_pipe_finished(t0 + ms(5), RequestId(1)).unwrap();
@@ -252,7 +253,8 @@ fn hedges_at_the_observed_percentiles() {
     assert!(outs.contains(&Output::Serve {
         request: RequestId(1),
         fetch: winner,
-        verify: req.digest.clone()
+        verify: req.digest.clone(),
+        hold: true,
     }));
     assert_eq!(m.active_fetches(), 1);
 }
@@ -416,7 +418,8 @@ fn peer_answers_must_match_what_was_asked() {
         vec![Output::Serve {
             request: RequestId(1),
             fetch: f,
-            verify: None
+            verify: None,
+            hold: false,
         }]
     );
 }
@@ -443,7 +446,8 @@ fn an_unsatisfiable_range_is_relayed_not_retried() {
         vec![Output::Serve {
             request: RequestId(1),
             fetch: f,
-            verify: None
+            verify: None,
+            hold: false,
         }]
     );
 }

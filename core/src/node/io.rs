@@ -219,6 +219,10 @@ pub enum Output<P> {
         /// peers): hash it while it streams and, when the bytes do not match, abort the
         /// client's connection before the last byte and report [`Input::PipeMismatch`].
         verify: Option<Digest>,
+        /// With `verify`: hold the body until all of it arrived and matched, and only then
+        /// send it (the core reserved its size in its hold budget); without, the body
+        /// streams and a mismatch cuts it before its last byte.
+        hold: bool,
     },
     /// Continue the client's interrupted body with this fetch's body.
     Continue {

@@ -67,10 +67,11 @@ fn mirrored(n: &mut Node<u32>, now: Instant, id: u64, req: ContentRequest) -> Lo
         },
     )
     .unwrap();
-    assert!(matches!(
-        drain(n).as_slice(),
-        [Output::StatLocal { request, .. }] if *request == rid
-    ));
+    let out = drain(n);
+    assert!(
+        matches!(out.as_slice(), [Output::StatLocal { request, .. }] if *request == rid),
+        "{out:?}"
+    );
     n.handle(
         now,
         Input::LocalAnswered {
@@ -1355,4 +1356,96 @@ fn a_drip_is_not_progress_by_default() {
     )
     .unwrap();
     assert_eq!(drain(&mut n), vec![Output::Interrupt { request: r }]);
+}
+
+/// The `hold` of the node's [`Output::Serve`] in `out`.
+fn hold_of(out: &[Output<u32>]) -> bool {
+    out.iter()
+        .find_map(|o| match o {
+            Output::Serve { hold, .. } => Some(*hold),
+            _ => None,
+        })
+        .expect("a Serve")
+}
+
+/// Request `id` for a blob of `size` bytes, answered by peer 1: the Serve's `hold`.
+fn served_hold(n: &mut Node<u32>, t: Instant, id: u64, size: u64) -> bool {
+    let d = Digest::sha256_of(format!("blob {id}").as_bytes());
+    let path = format!("/v2/x/blobs/{d}?ns=127.0.0.1%3A5000");
+    let lookup = mirrored(n, t, id, request(Method::GET, &path, None, false));
+    let providers = vec![(1, vec![addr(1, 5000)])];
+    n.handle(t, Input::Providers { lookup, providers }).unwrap();
+    let f = fetches(&drain(n))[0].0;
+    let response = FetchResponse {
+        digest: Some(d.to_string()),
+        ..ok_200(size)
+    };
+    n.handle(t, Input::FetchResponded { fetch: f, response })
+        .unwrap();
+    hold_of(&drain(n))
+}
+
+#[test]
+fn small_checked_bodies_are_held_within_a_budget() {
+    let t = Instant::now();
+    let mut cfg = NodeConfig::new(SELF);
+    cfg.mirror.hold_max = 1000;
+    cfg.mirror.hold_budget = 1500;
+    let mut n = Node::new(cfg);
+    // Small enough and within the budget: held until it matched.
+    assert!(served_hold(&mut n, t, 1, 1000));
+    assert_eq!(n.mirror().held_bytes(), 1000);
+    // Larger than a held body may be: streams.
+    assert!(!served_hold(&mut n, t, 2, 1001));
+    // Small, but the budget is taken: streams.
+    assert!(!served_hold(&mut n, t, 3, 600));
+    assert!(served_hold(&mut n, t, 4, 500));
+    assert_eq!(n.mirror().held_bytes(), 1500);
+    // A held body that ends (complete, mismatched or its client gone) gives its bytes back.
+    n.handle(
+        t,
+        Input::PipeFinished {
+            request: RequestId(1),
+        },
+    )
+    .unwrap();
+    n.handle(
+        t,
+        Input::PipeMismatch {
+            request: RequestId(4),
+        },
+    )
+    .unwrap();
+    drain(&mut n);
+    assert_eq!(n.mirror().held_bytes(), 0);
+    assert!(served_hold(&mut n, t, 5, 1000));
+    n.handle(
+        t,
+        Input::RequestClosed {
+            request: RequestId(5),
+        },
+    )
+    .unwrap();
+    assert_eq!(n.mirror().held_bytes(), 0);
+    // A body that is not checked (a part of the blob) is never held.
+    let mut n = node();
+    let lookup = mirrored(&mut n, t, 1, blob_request(Some("bytes=10-")));
+    n.handle(
+        t,
+        Input::Providers {
+            lookup,
+            providers: vec![(1, vec![addr(1, 5000)])],
+        },
+    )
+    .unwrap();
+    let f = fetches(&drain(&mut n))[0].0;
+    n.handle(
+        t,
+        Input::FetchResponded {
+            fetch: f,
+            response: part_206(10, 999, 1000),
+        },
+    )
+    .unwrap();
+    assert!(!hold_of(&drain(&mut n)));
 }

@@ -228,8 +228,14 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
     let keypair = if args.data_dir.is_empty() {
         speil_p2p::identity::generate()
     } else {
-        speil_p2p::identity::load_or_generate(Path::new(&args.data_dir))
-            .map_err(|e| failure(format!("--data-dir: {e}")))?
+        let dir = Path::new(&args.data_dir);
+        let keypair = speil_p2p::identity::load_or_generate(dir)
+            .map_err(|e| failure(format!("--data-dir: {e}")))?;
+        let key = dir.join(speil_p2p::identity::PRIVATE_KEY_FILE);
+        if let Some(warning) = speil_p2p::identity::loose_mode(&key) {
+            tracing::warn!("--data-dir: {warning}");
+        }
+        keypair
     };
     let mut p2p = speil_p2p::Config::new(keypair, router_addrs[0]);
     p2p.listen = router_addrs.clone();
@@ -239,6 +245,9 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
             speil_p2p::identity::load_psk(path)
                 .map_err(|e| usage(format!("--libp2p-psk-file: {e}")))?,
         );
+        if let Some(warning) = speil_p2p::identity::loose_mode(path) {
+            tracing::warn!("--libp2p-psk-file: {warning}");
+        }
     } else {
         tracing::warn!(
             "no --libp2p-psk-file: anyone who reaches the router port can join the DHT and \

@@ -1,6 +1,7 @@
 //! `speil doctor` and the start-up verification of `speil registry` against a real containerd
 //! of each generation: what speil reads, and where it says it read it (SPEC §6).
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -44,7 +45,17 @@ fn findings(doc: &serde_json::Value) -> Vec<String> {
 
 /// `speil registry` with default verification for node 0; returns its exit status when it
 /// exits within `within`, else `None` (it is running) after stopping it.
+/// A pre-shared key file's text (`/key/swarm/psk/1.0.0/`).
+fn libp2p_psk_text() -> String {
+    format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "ab".repeat(32))
+}
+
 fn registry_exit(h: &Harness, within: Duration) -> (Option<i32>, String) {
+    registry_exit_with(h, within, &[])
+}
+
+/// [`registry_exit`] with more flags.
+fn registry_exit_with(h: &Harness, within: Duration, extra: &[String]) -> (Option<i32>, String) {
     let n = &h.nodes[0];
     let a = n.address;
     let mut child = Command::new(speil::binary().unwrap())
@@ -58,6 +69,7 @@ fn registry_exit(h: &Harness, within: Duration) -> (Option<i32>, String) {
         .arg(format!("--registry-addr={a}:0"))
         .arg(format!("--router-addr={a}:0"))
         .arg(format!("--metrics-addr={a}:0"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -122,6 +134,36 @@ fn on_containerd_2(generation: Generation) {
     assert_eq!(code, None, "registry exited: {err}");
     // Without a pre-shared key the DHT is open, and the log says so.
     assert!(err.contains("no --libp2p-psk-file"), "{err}");
+    // A key file others can read is named at start; a link at the identity key is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let psk = dir.path().join("psk");
+    std::fs::write(&psk, libp2p_psk_text()).unwrap();
+    std::fs::set_permissions(&psk, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let data = dir.path().join("data");
+    let flags = [
+        format!("--libp2p-psk-file={}", psk.display()),
+        format!("--data-dir={}", data.display()),
+    ];
+    let (code, err) = registry_exit_with(&h, Duration::from_secs(2), &flags);
+    assert_eq!(code, None, "registry exited: {err}");
+    assert!(
+        err.contains(&format!(
+            "--libp2p-psk-file: {} has mode 0644",
+            psk.display()
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("no --libp2p-psk-file"), "{err}");
+    let key = data.join("private.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    std::fs::rename(&key, dir.path().join("moved.key")).unwrap();
+    std::os::unix::fs::symlink(dir.path().join("moved.key"), &key).unwrap();
+    let (code, err) = registry_exit_with(&h, Duration::from_secs(2), &flags);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
 
     // A verified error refuses the start with the doctor's message.
     let text = std::fs::read_to_string(&config).unwrap();

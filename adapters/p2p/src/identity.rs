@@ -4,6 +4,13 @@
 //! `PRIVATE KEY` block holding the PKCS#8 encoding of the key (RFC 8410). A node keeps its peer
 //! id across restarts, and a data dir written by Spegel keeps its peer id under speil. A key in
 //! the libp2p protobuf encoding is read too.
+//!
+//! The key file is never read or written through a symbolic link (a link planted in the data
+//! dir cannot make speil read or overwrite another file): it is opened with `O_NOFOLLOW`, and a
+//! new key is written to a temporary file created with `O_EXCL | O_NOFOLLOW`, then renamed. The
+//! pre-shared key file is read through links, because Kubernetes mounts Secrets as links into
+//! a `..data` directory. [`loose_mode`] tells the caller when either file can be read by
+//! others than its owner.
 
 use std::fs;
 use std::io::Write as _;
@@ -59,11 +66,50 @@ pub fn generate() -> Keypair {
     Keypair::generate_ed25519()
 }
 
+/// `O_NOFOLLOW` for `OpenOptions::custom_flags`.
+fn no_follow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// Reads `path` without following a symbolic link at its last component.
+fn read_no_follow(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(no_follow())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                std::io::Error::other(
+                    "it is a symbolic link, and speil reads its identity key only from a \
+                     regular file",
+                )
+            } else {
+                e
+            }
+        })?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// When `path` (followed through links) can be read by its group or by others: a warning
+/// that says so, with its mode.
+pub fn loose_mode(path: &Path) -> Option<String> {
+    let mode = fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "{} has mode {mode:04o}: others than its owner can read it; make it 0600 or 0400",
+            path.display()
+        )
+    })
+}
+
 /// Loads the identity from `<data_dir>/private.key`, or generates one and saves it there
 /// (mode 0600, creating the directory when needed).
 pub fn load_or_generate(data_dir: &Path) -> Result<Keypair, IdentityError> {
     let path = data_dir.join(PRIVATE_KEY_FILE);
-    match fs::read(&path) {
+    match read_no_follow(&path) {
         Ok(bytes) => {
             return decode_key(&bytes).map_err(|reason| IdentityError::BadKey { path, reason });
         }
@@ -96,10 +142,17 @@ pub fn load_or_generate(data_dir: &Path) -> Result<Keypair, IdentityError> {
             source,
         }
     };
+    // Whatever is at the temporary path (a file left by a crash, or a planted link) is
+    // removed, not followed; then the file is created anew, never through a link.
+    match fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot remove", &tmp)(e)),
+    }
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(no_follow())
         .mode(0o600)
         .open(&tmp)
         .map_err(io("cannot create", &tmp))?;
@@ -206,6 +259,52 @@ mod tests {
         assert!(
             decode_key(b"-----BEGIN PRIVATE KEY-----\nMAA=\n-----END PRIVATE KEY-----").is_err()
         );
+    }
+
+    #[test]
+    fn the_key_file_is_never_used_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"someone else's file").unwrap();
+        // A planted link at the temporary path is removed, not written through.
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let tmp = data.join(format!(".{PRIVATE_KEY_FILE}.{}.tmp", std::process::id()));
+        std::os::unix::fs::symlink(&other, &tmp).unwrap();
+        let key = load_or_generate(&data).unwrap();
+        assert_eq!(std::fs::read(&other).unwrap(), b"someone else's file");
+        let stored = data.join(PRIVATE_KEY_FILE);
+        assert!(!std::fs::symlink_metadata(&stored).unwrap().is_symlink());
+        assert_eq!(
+            std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(loose_mode(&stored), None);
+        assert_eq!(
+            load_or_generate(&data).unwrap().public().to_peer_id(),
+            key.public().to_peer_id()
+        );
+        // A key file that is a link (even to a good key) is refused, with a reason.
+        let linked = dir.path().join("linked");
+        std::fs::create_dir(&linked).unwrap();
+        std::os::unix::fs::symlink(&stored, linked.join(PRIVATE_KEY_FILE)).unwrap();
+        let err = load_or_generate(&linked).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+    }
+
+    #[test]
+    fn a_readable_key_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("psk");
+        std::fs::write(&path, b"x").unwrap();
+        for (mode, loose) in [(0o600, false), (0o400, false), (0o640, true), (0o644, true)] {
+            std::fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            let warning = loose_mode(&path);
+            assert_eq!(warning.is_some(), loose, "{mode:o}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(w.contains(&format!("{mode:04o}")), "{w}");
+            }
+        }
     }
 
     #[test]

@@ -1,13 +1,18 @@
 //! The metrics and debug server (SPEC.md §7): `/metrics`, `/debug/web/` (one self-contained
 //! page), `/debug/web/metadata`, and the JSON endpoints the page calls
-//! (`/debug/web/api/state`, `/debug/web/api/measure?image=<reference>`).
+//! (`/debug/web/api/state`, `POST /debug/web/api/measure?image=<reference>`).
 //!
 //! The "measure" action pulls an image through this node's own registry, exactly as
 //! containerd would (manifest by tag with `ns`, then every blob by digest), and reports for
 //! each blob whether it was served from the local store or from a peer, its size and speed.
+//! Because it moves data with the registry's credentials, it is a `POST` (a link or an image
+//! on another site cannot trigger it), a browser request from another origin (`Origin` not
+//! this server, or `Sec-Fetch-Site` other than `same-origin`) is refused with 403, and only
+//! one runs at a time (429 while one does).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -49,6 +54,8 @@ struct Inner<R> {
     source: Arc<dyn ContentStore>,
     runtime: R,
     config: DebugConfig,
+    /// A measurement is running.
+    measuring: AtomicBool,
 }
 
 impl<R> std::fmt::Debug for MetricsService<R> {
@@ -71,6 +78,7 @@ impl<R: Runtime> MetricsService<R> {
                 source,
                 runtime,
                 config,
+                measuring: AtomicBool::new(false),
             }),
         }
     }
@@ -83,7 +91,7 @@ impl<R: Runtime, B: Send + 'static> hyper::service::Service<Request<B>> for Metr
 
     fn call(&self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
-        Box::pin(async move { Ok(inner.route(req.method(), req.uri()).await) })
+        Box::pin(async move { Ok(inner.route(req.method(), req.uri(), req.headers()).await) })
     }
 }
 
@@ -99,6 +107,46 @@ fn respond(
     r
 }
 
+fn not_allowed(allow: &'static str) -> Response<ResponseBody> {
+    let mut r = respond(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "text/plain",
+        format!("{allow} only\n"),
+    );
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// Why a request comes from a page of another origin, if it does. Browsers send `Origin` with
+/// every `POST` (and `Sec-Fetch-Site` with every request); a request without them is not a
+/// browser's and cannot be triggered by another site.
+fn cross_origin(headers: &http::HeaderMap) -> Option<String> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = text("sec-fetch-site")
+        && site != "same-origin"
+        && site != "none"
+    {
+        return Some(format!(
+            "a request from another site (Sec-Fetch-Site: {site})"
+        ));
+    }
+    match (text("origin"), text("host")) {
+        (None, _) => None,
+        (Some(origin), Some(host))
+            if origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+                == Some(host) =>
+        {
+            None
+        }
+        (Some(origin), _) => Some(format!(
+            "a request from another origin ({origin}); the measure action runs from the debug page only"
+        )),
+    }
+}
+
 fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody> {
     respond(
         status,
@@ -108,11 +156,19 @@ fn json(status: StatusCode, value: &serde_json::Value) -> Response<ResponseBody>
 }
 
 impl<R: Runtime> Inner<R> {
-    async fn route(&self, method: &Method, uri: &http::Uri) -> Response<ResponseBody> {
-        if *method != Method::GET && *method != Method::HEAD {
-            return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n");
-        }
+    async fn route(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Response<ResponseBody> {
         let path = uri.path();
+        if self.config.enabled && path == "/debug/web/api/measure" {
+            return self.measure_action(method, uri, headers).await;
+        }
+        if *method != Method::GET && *method != Method::HEAD {
+            return not_allowed("GET, HEAD");
+        }
         if path == "/metrics" {
             let peers = self.shared.peers().len();
             self.shared
@@ -137,20 +193,47 @@ impl<R: Runtime> Inner<R> {
                 &serde_json::json!({ "libp2p": { "id": self.config.peer_id } }),
             ),
             "/debug/web/api/state" => json(StatusCode::OK, &self.state()),
-            "/debug/web/api/measure" => {
-                let image = uri
-                    .query()
-                    .unwrap_or("")
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix("image="))
-                    .and_then(percent_decode)
-                    .unwrap_or_default();
-                match self.measure(&image).await {
-                    Ok(v) => json(StatusCode::OK, &v),
-                    Err(e) => json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": e })),
-                }
-            }
             _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+        }
+    }
+
+    /// `POST /debug/web/api/measure?image=<reference>`: same origin, one at a time.
+    async fn measure_action(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+    ) -> Response<ResponseBody> {
+        if *method != Method::POST {
+            return not_allowed("POST");
+        }
+        if let Some(why) = cross_origin(headers) {
+            return json(StatusCode::FORBIDDEN, &serde_json::json!({ "error": why }));
+        }
+        if self.measuring.swap(true, Ordering::AcqRel) {
+            return json(
+                StatusCode::TOO_MANY_REQUESTS,
+                &serde_json::json!({ "error": "a measurement is running; one runs at a time" }),
+            );
+        }
+        // Cleared however the measurement ends (also when its connection goes away).
+        struct Running<'a>(&'a AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _running = Running(&self.measuring);
+        let image = uri
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("image="))
+            .and_then(percent_decode)
+            .unwrap_or_default();
+        match self.measure(&image).await {
+            Ok(v) => json(StatusCode::OK, &v),
+            Err(e) => json(StatusCode::BAD_REQUEST, &serde_json::json!({ "error": e })),
         }
     }
 
@@ -366,7 +449,7 @@ document.getElementById('measure').addEventListener('submit', async (ev) => {
   ev.preventDefault();
   const st = document.getElementById('mstatus'); st.textContent = 'pulling…';
   const rows = document.getElementById('blobs'); rows.replaceChildren();
-  const res = await fetch('api/measure?image=' + encodeURIComponent(document.getElementById('image').value));
+  const res = await fetch('api/measure?image=' + encodeURIComponent(document.getElementById('image').value), { method: 'POST' });
   const m = await res.json();
   if (m.error) { st.textContent = m.error; st.className = 'bad'; return; }
   st.className = 'ok'; st.textContent = m.image + ' pulled in ' + m.durationMs.toFixed(1) + ' ms';

@@ -10,12 +10,18 @@ use speil_driver::tokio::Tokio;
 use speil_http::debug::{DebugConfig, MetricsService};
 use speil_http::server::ServerConfig;
 
+async fn post(addr: std::net::SocketAddr, path: &str, headers: &[(&str, &str)]) -> Got {
+    request(addr, http::Method::POST, path, headers)
+        .await
+        .expect("request")
+}
+
 #[tokio::test]
 async fn metrics_and_debug_page() {
     let source = Arc::new(FakeContentStore::default());
     let config_bytes = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();
     let config = source.put(config_bytes.clone());
-    let layer_bytes = blob_bytes(100_000, 3);
+    let layer_bytes = blob_bytes(1_000_000, 3);
     let layer = source.put(layer_bytes.clone());
     let manifest = source.put(format!(
         r#"{{"schemaVersion":2,"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{}}}]}}"#,
@@ -36,7 +42,7 @@ async fn metrics_and_debug_page() {
     .await;
     let service = MetricsService::new(
         node.handle.shared().clone(),
-        source,
+        source.clone(),
         Tokio,
         DebugConfig {
             enabled: true,
@@ -117,9 +123,27 @@ async fn metrics_and_debug_page() {
     assert_eq!(state["images"][0]["name"], "example.com/test/app:v1");
     assert_eq!(state["storeConnected"], true);
 
-    let g = get(
+    let measure = "/debug/web/api/measure?image=example.com%2Ftest%2Fapp%3Av1";
+    // Not a GET: a link or an image on another site cannot start a pull.
+    let g = get(metrics_addr, measure).await;
+    assert_eq!(g.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(g.header("allow"), Some("POST"));
+    // A browser request from another origin is refused.
+    for headers in [
+        &[("origin", "http://evil.example")][..],
+        &[("sec-fetch-site", "cross-site")][..],
+        &[("origin", "null")][..],
+    ] {
+        let g = post(metrics_addr, measure, headers).await;
+        assert_eq!(g.status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert!(g.json()["error"].as_str().unwrap().contains("another"));
+    }
+    // From the page itself (same origin), it runs.
+    let origin = format!("http://{metrics_addr}");
+    let g = post(
         metrics_addr,
-        "/debug/web/api/measure?image=example.com%2Ftest%2Fapp%3Av1",
+        measure,
+        &[("origin", &origin), ("sec-fetch-site", "same-origin")],
     )
     .await;
     assert_eq!(g.status, StatusCode::OK, "{g:?}");
@@ -131,10 +155,30 @@ async fn metrics_and_debug_page() {
         assert_eq!(b["status"], 200);
     }
     assert_eq!(blobs[1]["digest"], layer.as_str());
-    assert_eq!(blobs[1]["size"], 100_000);
+    assert_eq!(blobs[1]["size"], 1_000_000);
 
-    let g = get(metrics_addr, "/debug/web/api/measure?image=%%%").await;
+    let g = post(metrics_addr, "/debug/web/api/measure?image=%%%", &[]).await;
     assert_eq!(g.status, StatusCode::BAD_REQUEST);
+
+    // One at a time: of two at once, one runs and the other is told to wait; then the next
+    // runs again.
+    source.set_behaviour(Behaviour::Slow);
+    let (a, b) = tokio::join!(
+        post(metrics_addr, measure, &[]),
+        post(metrics_addr, measure, &[])
+    );
+    let mut statuses = [a.status, b.status];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS],
+        "{a:?} {b:?}"
+    );
+    source.set_behaviour(Behaviour::Whole);
+    assert_eq!(
+        post(metrics_addr, measure, &[]).await.status,
+        StatusCode::OK
+    );
     assert_eq!(
         get(metrics_addr, "/nothing").await.status,
         StatusCode::NOT_FOUND
@@ -183,9 +227,10 @@ async fn measure_works_with_basic_auth_on() {
             .await
     });
     eventually(|| node.handle.shared().store_connected()).await;
-    let g = get(
+    let g = post(
         metrics_addr,
         "/debug/web/api/measure?image=example.com%2Ftest%2Fauth%3Av1",
+        &[],
     )
     .await;
     assert_eq!(g.status, StatusCode::OK, "{g:?}");

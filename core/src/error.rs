@@ -100,11 +100,13 @@ pub enum FailReason {
     RangeNotSatisfiable,
     /// The content is larger than its kind may be (a manifest over 4 MiB).
     TooLarge,
+    /// Too many requests are being mirrored, or too many DHT lookups run, to start another.
+    Busy,
 }
 
 impl FailReason {
     /// Every reason, in label order.
-    pub const ALL: [FailReason; 8] = [
+    pub const ALL: [FailReason; 9] = [
         FailReason::NotMirrored,
         FailReason::Filtered,
         FailReason::NotPresent,
@@ -113,10 +115,11 @@ impl FailReason {
         FailReason::AllAttemptsFailed,
         FailReason::RangeNotSatisfiable,
         FailReason::TooLarge,
+        FailReason::Busy,
     ];
 
     /// The metric label value (`not_mirrored`, `filtered`, `not_present`, `store_unavailable`,
-    /// `no_peer`, `all_attempts_failed`, `range_not_satisfiable`, `too_large`).
+    /// `no_peer`, `all_attempts_failed`, `range_not_satisfiable`, `too_large`, `busy`).
     pub fn as_str(self) -> &'static str {
         match self {
             FailReason::NotMirrored => "not_mirrored",
@@ -127,6 +130,7 @@ impl FailReason {
             FailReason::AllAttemptsFailed => "all_attempts_failed",
             FailReason::RangeNotSatisfiable => "range_not_satisfiable",
             FailReason::TooLarge => "too_large",
+            FailReason::Busy => "busy",
         }
     }
 }

@@ -38,6 +38,12 @@ pub struct MirrorConfig {
     pub hold_max: u64,
     /// The bytes all held bodies together may take; a body that does not fit streams.
     pub hold_budget: u64,
+    /// At most this many requests are mirrored at once; one more is answered 404 at once
+    /// (containerd goes upstream).
+    pub max_requests: usize,
+    /// At most this many DHT lookups run at once; a request that needs another one is
+    /// answered 404 at once. Requests for a key being looked up share its lookup.
+    pub max_lookups: usize,
     /// The time-to-first-byte estimate used before anything was observed.
     pub default_ttfb: Duration,
     /// Hedged fetches start at these percentiles of recent time-to-first-byte.
@@ -61,6 +67,8 @@ impl Default for MirrorConfig {
             max_distrusted: 4096,
             hold_max: 16 * 1024 * 1024,
             hold_budget: 64 * 1024 * 1024,
+            max_requests: 1024,
+            max_lookups: 256,
             default_ttfb: Duration::from_millis(50),
             hedge_percentiles: vec![80, 85, 90],
             ttfb_window: 128,

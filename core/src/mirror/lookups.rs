@@ -25,6 +25,35 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         }
         self.expire_cache(now);
         let key = req.key.clone();
+        let running = self
+            .lookups
+            .values()
+            .filter(|l| l.finished_at.is_none())
+            .count();
+        let busy = if self.requests.len() >= self.config.max_requests {
+            Some(format!(
+                "{} requests are being mirrored, the most this node mirrors at once",
+                self.requests.len()
+            ))
+        } else if !self.lookups.contains_key(&key) && running >= self.config.max_lookups {
+            Some(format!(
+                "{running} lookups are running, the most this node runs at once"
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = busy {
+            self.misses += 1;
+            self.outputs.push_back(Output::Fail {
+                request: id,
+                error: crate::node::unknown(
+                    &req.target,
+                    format!("{why}; not looking up {}", key.as_str()),
+                ),
+                reason: crate::FailReason::Busy,
+            });
+            return Ok(());
+        }
         let mut request = Request {
             req,
             started: now,

@@ -1449,3 +1449,70 @@ fn small_checked_bodies_are_held_within_a_budget() {
     .unwrap();
     assert!(!hold_of(&drain(&mut n)));
 }
+
+// ---- bounds on mirrored requests and lookups ----
+
+/// Request `id` for the blob named by `n`, not held locally: what the node answered.
+fn ask(node: &mut Node<u32>, t: Instant, id: u64, n: u32) -> Vec<Output<u32>> {
+    let d = Digest::sha256_of(format!("blob {n}").as_bytes());
+    let path = format!("/v2/x/blobs/{d}?ns=127.0.0.1%3A5000");
+    let rid = RequestId(id);
+    let request = request(Method::GET, &path, None, false);
+    node.handle(t, Input::Request { id: rid, request }).unwrap();
+    drain(node);
+    node.handle(
+        t,
+        Input::LocalAnswered {
+            request: rid,
+            local: Local::Absent,
+        },
+    )
+    .unwrap();
+    drain(node)
+}
+
+fn busy(out: &[Output<u32>]) -> bool {
+    matches!(out, [Output::Fail { error, reason: crate::FailReason::Busy, .. }]
+        if error.status == http::StatusCode::NOT_FOUND)
+}
+
+#[test]
+fn lookups_and_mirrored_requests_are_bounded() {
+    let t = Instant::now();
+    let mut cfg = NodeConfig::new(SELF);
+    cfg.mirror.max_lookups = 2;
+    cfg.mirror.max_requests = 3;
+    let mut n = Node::new(cfg);
+    assert!(matches!(
+        ask(&mut n, t, 1, 1).as_slice(),
+        [Output::Lookup { .. }]
+    ));
+    assert!(matches!(
+        ask(&mut n, t, 2, 2).as_slice(),
+        [Output::Lookup { .. }]
+    ));
+    // A third key would need a third lookup: 404 at once (containerd goes upstream).
+    let out = ask(&mut n, t, 3, 3);
+    assert!(busy(&out), "{out:?}");
+    assert!(!n.is_active(RequestId(3)));
+    // A request for a key being looked up shares that lookup.
+    let out = ask(&mut n, t, 4, 1);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(n.mirror().active_requests(), 3);
+    // Three requests are mirrored: a fourth, even for a key being looked up, is refused.
+    let out = ask(&mut n, t, 5, 2);
+    assert!(busy(&out), "{out:?}");
+    // When one ends, there is room again.
+    n.handle(
+        t,
+        Input::RequestClosed {
+            request: RequestId(2),
+        },
+    )
+    .unwrap();
+    drain(&mut n);
+    assert!(matches!(
+        ask(&mut n, t, 6, 3).as_slice(),
+        [Output::Lookup { .. }]
+    ));
+}

@@ -1,12 +1,13 @@
-//! The swarm's network behaviour: Kademlia (server mode) and identify, with a filter that keeps
-//! Kademlia from announcing addresses the node must not advertise.
+//! The swarm's network behaviour: connection limits, Kademlia (server mode, over the bounded
+//! [`Store`]) and identify, with a filter that keeps Kademlia from announcing addresses the
+//! node must not advertise.
 
 use std::collections::HashSet;
 use std::task::{Context, Poll};
 
 use libp2p::core::Endpoint;
 use libp2p::core::transport::{ListenerId, PortUse};
-use libp2p::kad::{self, store::MemoryStore};
+use libp2p::kad;
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm,
@@ -14,12 +15,14 @@ use libp2p::swarm::{
 use libp2p::{Multiaddr, PeerId, identify};
 
 use crate::addr::is_advertisable;
+use crate::store::Store;
 
-/// Kademlia and identify.
+/// Connection limits, Kademlia and identify.
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 pub(crate) struct Behaviour {
-    pub(crate) kad: ListenFilter<kad::Behaviour<MemoryStore>>,
+    pub(crate) limits: libp2p::connection_limits::Behaviour,
+    pub(crate) kad: ListenFilter<kad::Behaviour<Store>>,
     pub(crate) identify: identify::Behaviour,
 }
 

@@ -14,7 +14,10 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
 use libp2p::core::transport::ListenerId;
 use libp2p::kad;
-use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore as _};
+use libp2p::kad::store::RecordStore as _;
+
+/// Most addresses kept of what a peer announces through identify.
+const MAX_IDENTIFIED_ADDRS: usize = 8;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{self, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, identify};
@@ -48,14 +51,7 @@ pub fn start_with_transport<R: Runtime>(
     kad_config
         .set_provider_record_ttl(Some(config.provider_record_ttl))
         .set_provider_publication_interval(Some(config.provider_publication_interval));
-    let store = MemoryStore::with_config(
-        peer_id,
-        MemoryStoreConfig {
-            max_records: config.max_records,
-            max_provided_keys: config.max_provided_keys,
-            ..MemoryStoreConfig::default()
-        },
-    );
+    let store = crate::store::Store::new(peer_id, config.store);
     let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
     kad.set_mode(Some(kad::Mode::Server));
     let identify = identify::Behaviour::new(
@@ -64,7 +60,14 @@ pub fn start_with_transport<R: Runtime>(
             // Only the external addresses the driver confirms are announced.
             .with_hide_listen_addrs(true),
     );
+    let bounds = config.connections;
+    let limits = libp2p::connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(bounds.max_pending_incoming))
+        .with_max_established_incoming(Some(bounds.max_established_incoming))
+        .with_max_established(Some(bounds.max_established))
+        .with_max_established_per_peer(Some(bounds.max_established_per_peer));
     let behaviour = Behaviour {
+        limits: libp2p::connection_limits::Behaviour::new(limits),
         kad: ListenFilter::new(kad),
         identify,
     };
@@ -213,7 +216,13 @@ fn record_key(key: &speil_core::Key) -> kad::RecordKey {
 }
 
 impl<R: Runtime> Driver<R> {
-    fn kad(&mut self) -> &mut kad::Behaviour<MemoryStore> {
+    fn in_routing_table(&mut self, peer: &PeerId) -> bool {
+        self.kad()
+            .kbuckets()
+            .any(|b| b.iter().any(|e| e.node.key.preimage() == peer))
+    }
+
+    fn kad(&mut self) -> &mut kad::Behaviour<crate::store::Store> {
         &mut self.swarm.behaviour_mut().kad.inner
     }
 
@@ -500,6 +509,11 @@ impl<R: Runtime> Driver<R> {
                         self.connections.remove(&peer_id);
                     }
                 }
+                // Per-peer state lives as long as the peer is connected or in the routing
+                // table: a stream of strangers that connect and go cannot grow it.
+                if num_established == 0 && !self.in_routing_table(&peer_id) {
+                    self.identified.remove(&peer_id);
+                }
                 // The last connection to a peer broke (it was not closed for idleness): dial it
                 // again. If that fails the peer leaves the routing table (see the dial error
                 // below), so that a node whose peers are all gone bootstraps again.
@@ -587,8 +601,15 @@ impl<R: Runtime> Driver<R> {
                 }
                 _ => {}
             },
-            kad::Event::RoutingUpdated { peer, .. } => {
+            kad::Event::RoutingUpdated { peer, old_peer, .. } => {
                 tracing::debug!(%peer, "routing table updated");
+                // A peer pushed out of the routing table is forgotten once it is not
+                // connected either.
+                if let Some(old) = old_peer
+                    && !self.connections.contains_key(&old)
+                {
+                    self.identified.remove(&old);
+                }
             }
             _ => {}
         }
@@ -624,6 +645,8 @@ impl<R: Runtime> Driver<R> {
                 }
             }
             if !addrs.is_empty() {
+                let mut addrs = addrs;
+                addrs.truncate(MAX_IDENTIFIED_ADDRS);
                 self.identified.insert(peer_id, addrs);
             }
         }
@@ -738,7 +761,11 @@ impl<R: Runtime> Driver<R> {
             })
             .collect();
         let active_queries = self.kad().iter_queries().count();
+        let stored_records = self.kad().store_mut().other_records();
+        let known_peers = self.identified.len();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        shared.stored_records = stored_records;
+        shared.known_peers = known_peers;
         shared.routing_table_size = size;
         shared.active_queries = active_queries;
         shared.alone = self.alone;

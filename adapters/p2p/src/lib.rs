@@ -52,6 +52,7 @@ mod driver;
 pub mod identity;
 mod router;
 mod runtime;
+pub mod store;
 pub mod tcp;
 pub mod transport;
 
@@ -74,6 +75,7 @@ pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
 pub use router::P2pRouter;
 pub use runtime::{RuntimeConnector, RuntimeExecutor, connector, serve_id, serve_id_on, start};
+pub use store::StoreLimits;
 pub use tcp::TcpTransport;
 pub use transport::BoxedTransport;
 
@@ -102,10 +104,10 @@ pub struct Config {
     pub provider_publication_interval: Duration,
     /// How long provider records received from others stay valid.
     pub provider_record_ttl: Duration,
-    /// Most keys this node can provide at once.
-    pub max_provided_keys: usize,
-    /// Most distinct keys whose provider records from others are kept.
-    pub max_records: usize,
+    /// The bounds of the record store (provider records of others, own keys).
+    pub store: StoreLimits,
+    /// The bounds of the swarm's connections.
+    pub connections: ConnectionBounds,
     /// How long a connection without activity is kept open.
     pub idle_connection_timeout: Duration,
     /// Re-bootstrap backoff while the routing table is empty (the core's policy:
@@ -113,6 +115,31 @@ pub struct Config {
     pub rebootstrap_backoff: speil_core::backoff::Backoff,
     /// Longest wait for one bootstrap source to answer before trying again.
     pub bootstrap_timeout: Duration,
+}
+
+/// The bounds of the swarm's connections (libp2p's connection limits): an unauthenticated
+/// flood of connections cannot exhaust the node's file descriptors or memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionBounds {
+    /// Incoming connections still in their handshake.
+    pub max_pending_incoming: u32,
+    /// Established incoming connections.
+    pub max_established_incoming: u32,
+    /// Established connections in all.
+    pub max_established: u32,
+    /// Established connections to one peer.
+    pub max_established_per_peer: u32,
+}
+
+impl Default for ConnectionBounds {
+    fn default() -> Self {
+        ConnectionBounds {
+            max_pending_incoming: 128,
+            max_established_incoming: 1024,
+            max_established: 2048,
+            max_established_per_peer: 4,
+        }
+    }
 }
 
 impl Config {
@@ -126,8 +153,8 @@ impl Config {
             bootstrap: None,
             provider_publication_interval: DEFAULT_PROVIDER_PUBLICATION_INTERVAL,
             provider_record_ttl: DEFAULT_PROVIDER_RECORD_TTL,
-            max_provided_keys: 1 << 20,
-            max_records: 1 << 20,
+            store: StoreLimits::default(),
+            connections: ConnectionBounds::default(),
             idle_connection_timeout: Duration::from_secs(10 * 60),
             rebootstrap_backoff: speil_core::backoff::Backoff::rebootstrap(seed),
             bootstrap_timeout: Duration::from_secs(10),
@@ -203,6 +230,8 @@ struct Shared {
     routing_table_size: usize,
     active_queries: usize,
     alone: bool,
+    stored_records: usize,
+    known_peers: usize,
     listen_addrs: Vec<Multiaddr>,
     advertised_addrs: Vec<Multiaddr>,
     peers: BTreeMap<PeerId, Vec<Multiaddr>>,
@@ -308,6 +337,18 @@ impl Handle {
     /// second or the last routing change.
     pub fn active_queries(&self) -> usize {
         self.shared().active_queries
+    }
+
+    /// Provider records of other peers the node holds, as of the last second (bounded:
+    /// [`StoreLimits::max_records`]).
+    pub fn stored_records(&self) -> usize {
+        self.shared().stored_records
+    }
+
+    /// Peers the node keeps addresses for (connected, or in the routing table), as of the
+    /// last second.
+    pub fn known_peers(&self) -> usize {
+        self.shared().known_peers
     }
 
     /// The addresses the node listens on (with the port actually bound).

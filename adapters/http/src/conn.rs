@@ -25,7 +25,9 @@
 //!   and the connection is closed); the service applies its own, smaller limits (16 KiB of
 //!   headers, 4 KiB of path) with OCI errors, as under hyper;
 //! - HTTP/1.1 keep-alive (unless `Connection: close`), HTTP/1.0 only with
-//!   `Connection: keep-alive`; pipelined requests are answered in order;
+//!   `Connection: keep-alive`, and then the response says `Connection: keep-alive` (an
+//!   HTTP/1.0 client assumes the server closes otherwise, as hyper tells it too); pipelined
+//!   requests are answered in order;
 //! - a request that announces a body (`Content-Length` other than 0, or `Transfer-Encoding`)
 //!   is answered (with the service's error: no route takes a body) and the connection is
 //!   then closed, so its body is never mistaken for a request;
@@ -514,6 +516,12 @@ impl<R: Runtime> Conn<R> {
             Framing::Close => speil_h1::Framing::UntilClose,
         };
         speil_h1::encode_response_head(status, headers, wire, !keep_alive, &mut head);
+        if keep_alive && version == Version::HTTP_10 {
+            // The codec writes `Connection: close` or nothing; an HTTP/1.0 client needs to be
+            // told that the connection persists. The head ends with the blank line.
+            head.truncate(head.len() - 2);
+            head.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
+        }
         self.queue(Bytes::from(head));
 
         match framing {

@@ -211,6 +211,17 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
         let peer = fetch.peer.clone();
         if let FetchState::Waiting { connected, .. } = state {
             self.observe_ttfb(now.saturating_duration_since(connected));
+            // The observation moves the hedge thresholds: another request's next hedge may
+            // be due now, not later.
+            let due: Vec<RequestId> = self
+                .requests
+                .iter()
+                .filter(|(id, r)| **id != rid && self.next_hedge_at(r).is_some_and(|t| t <= now))
+                .map(|(id, _)| *id)
+                .collect();
+            for other in due {
+                self.pump(now, other);
+            }
         }
         let Some(request) = self.requests.get(&rid) else {
             self.finish_fetch(now, id);

@@ -32,6 +32,9 @@ mod io;
 mod policy_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod sim;
 #[cfg(test)]
 mod tests;
 

@@ -17,7 +17,7 @@ use speil_core::filter::RegistryFilter;
 use speil_core::mirror::MirrorConfig;
 use speil_core::node::{Node, NodeConfig};
 use speil_driver::metrics::Metrics;
-use speil_driver::{ContentStore, DriverConfig, Parts, Router, Runtime};
+use speil_driver::{ContentStore, DriverConfig, Parts, Router, Runtime, RuntimeExt as _};
 use speil_http::HyperPeers;
 use speil_http::server::{RegistryService, ServerConfig};
 use speil_p2p::bootstrap::{
@@ -183,12 +183,49 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         );
     }
 
-    // containerd: reachable, and configured for mirroring.
-    if !args.containerd_sock.exists() {
-        return Err(failure(format!(
-            "containerd socket {} not found: is containerd running? (set --containerd-sock)",
-            args.containerd_sock.display()
-        )));
+    // containerd: reachable (waited for: speil may start before containerd's socket exists,
+    // and comes up by itself once it does; meanwhile nothing listens on the registry port, so
+    // containerd goes to the upstream), then configured for mirroring.
+    let content_path = readable_dir(&args.containerd_content_path);
+    if content_path.is_none() {
+        tracing::warn!(
+            path = %args.containerd_content_path.display(),
+            "content directory not readable: blobs are read through the containerd API"
+        );
+    }
+    let config = speil_containerd::Config {
+        socket: args.containerd_sock.clone(),
+        namespace: args.containerd_namespace.clone(),
+        content_path,
+    };
+    let mut backoff =
+        speil_core::backoff::Backoff::containerd_reconnect(u64::from(std::process::id()));
+    let mut waited = false;
+    let ctd = loop {
+        let why = if args.containerd_sock.exists() {
+            match Containerd::connect(rt.clone(), &config).await {
+                Ok(ctd) => break ctd,
+                Err(e) => format!(
+                    "cannot connect to containerd at {}: {e}",
+                    args.containerd_sock.display()
+                ),
+            }
+        } else {
+            format!(
+                "containerd socket {} not found: is containerd running? (set --containerd-sock)",
+                args.containerd_sock.display()
+            )
+        };
+        if !waited {
+            tracing::warn!("{why}; waiting for it (the registry starts once containerd answers)");
+            waited = true;
+        } else {
+            tracing::debug!("{why}; still waiting");
+        }
+        rt.sleep(backoff.next_delay()).await;
+    };
+    if waited {
+        tracing::info!(socket = %args.containerd_sock.display(), "containerd answers");
     }
     if args.verify_containerd_config {
         crate::config_cmds::verify_containerd(
@@ -201,28 +238,6 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         .await
         .map_err(|e| failure(format!("containerd is not configured for mirroring: {e}")))?;
     }
-    let content_path = readable_dir(&args.containerd_content_path);
-    if content_path.is_none() {
-        tracing::warn!(
-            path = %args.containerd_content_path.display(),
-            "content directory not readable: blobs are read through the containerd API"
-        );
-    }
-    let ctd = Containerd::connect(
-        rt.clone(),
-        &speil_containerd::Config {
-            socket: args.containerd_sock.clone(),
-            namespace: args.containerd_namespace.clone(),
-            content_path,
-        },
-    )
-    .await
-    .map_err(|e| {
-        failure(format!(
-            "cannot connect to containerd at {}: {e}",
-            args.containerd_sock.display()
-        ))
-    })?;
 
     // The router.
     let keypair = if args.data_dir.is_empty() {

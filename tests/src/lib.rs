@@ -153,3 +153,21 @@ impl Harness {
         self.dir.path()
     }
 }
+
+/// Raises this process's soft open-file limit to at least `want` (up to the hard limit).
+pub fn raise_fd_limit(want: u64) -> Result<()> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let now = getrlimit(Resource::Nofile);
+    if now.current.is_some_and(|c| c >= want) || now.current.is_none() {
+        return Ok(());
+    }
+    let target = now.maximum.map_or(want, |m| want.min(m));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: now.maximum,
+        },
+    )?;
+    Ok(())
+}

@@ -932,28 +932,10 @@ async fn pipelined_requests_are_answered_in_order(kind: ClusterKind) -> Result<(
     assert_healthy(s)
 }
 
-/// Raises this process's soft open-file limit to at least `want` (up to the hard limit).
-fn raise_fd_limit(want: u64) -> Result<()> {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let now = getrlimit(Resource::Nofile);
-    if now.current.is_some_and(|c| c >= want) || now.current.is_none() {
-        return Ok(());
-    }
-    let target = now.maximum.map_or(want, |m| want.min(m));
-    setrlimit(
-        Resource::Nofile,
-        Rlimit {
-            current: Some(target),
-            maximum: now.maximum,
-        },
-    )?;
-    Ok(())
-}
-
 /// Case 13: 1,000 idle connections (some with half a head) do not keep a new client from being
 /// answered at once.
 async fn idle_connections_do_not_starve_a_new_client(kind: ClusterKind) -> Result<()> {
-    raise_fd_limit(4096)?;
+    speil_tests::raise_fd_limit(4096)?;
     let c = one_node(kind)?;
     let s = &c.speils[0];
     let addr = s.registry_addr();

@@ -187,17 +187,24 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
     // and comes up by itself once it does; meanwhile nothing listens on the registry port, so
     // containerd goes to the upstream), then configured for mirroring.
     let content_path = readable_dir(&args.containerd_content_path);
-    if content_path.is_none() {
-        tracing::warn!(
-            path = %args.containerd_content_path.display(),
-            "content directory not readable: blobs are read through the containerd API"
-        );
-    }
+    let content_unreadable = content_path.is_none();
     let config = speil_containerd::Config {
         socket: args.containerd_sock.clone(),
         namespace: args.containerd_namespace.clone(),
         content_path,
     };
+    // A socket whose directory does not exist is a wrong --containerd-sock, not containerd
+    // starting later (it creates the socket in its own directory, which the node keeps).
+    if args
+        .containerd_sock
+        .parent()
+        .is_some_and(|dir| !dir.as_os_str().is_empty() && !dir.is_dir())
+    {
+        return Err(failure(format!(
+            "containerd socket {} not found, and neither is its directory: set --containerd-sock",
+            args.containerd_sock.display()
+        )));
+    }
     let mut backoff =
         speil_core::backoff::Backoff::containerd_reconnect(u64::from(std::process::id()));
     let mut waited = false;
@@ -237,6 +244,12 @@ async fn start<R: Runtime>(rt: R, args: RegistryArgs) -> Result<ExitCode, Fatal>
         )
         .await
         .map_err(|e| failure(format!("containerd is not configured for mirroring: {e}")))?;
+    }
+    if content_unreadable {
+        tracing::warn!(
+            path = %args.containerd_content_path.display(),
+            "content directory not readable: blobs are read through the containerd API"
+        );
     }
 
     // The router.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::request::HEADERS_MAX;
+pub use crate::request::header_bytes;
 
 /// The default cap of concurrent connections per server (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -17,6 +18,9 @@ pub struct ServerLimits {
     pub max_head_bytes: usize,
     /// Most header lines of a request head (more: 431).
     pub max_headers: usize,
+    /// Most bytes of a request's header fields, counted as [`header_bytes`] counts them
+    /// (more: 431), on every server (the registry's request parser checks the same).
+    pub max_header_bytes: usize,
     /// How long a closing connection waits for the client to close its side, so that unread
     /// request bytes do not turn the close into a reset that could destroy the response.
     pub linger: Duration,
@@ -44,6 +48,7 @@ impl Default for ServerLimits {
         ServerLimits {
             max_head_bytes: 2 * HEADERS_MAX,
             max_headers: 100,
+            max_header_bytes: HEADERS_MAX,
             linger: Duration::from_secs(1),
             linger_bytes: 256 * 1024,
             accept_retry: Duration::from_millis(50),

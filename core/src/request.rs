@@ -216,15 +216,21 @@ impl ContentRequest {
     }
 }
 
+/// The size of `headers` as a request head carries them: each name and value with its `: `
+/// and line end.
+pub fn header_bytes(headers: &HeaderMap) -> usize {
+    headers.iter().fold(0usize, |n, (k, v)| {
+        n.saturating_add(k.as_str().len() + v.len() + 4)
+    })
+}
+
 /// Parses a request. `path_and_query` is the request target as received (`/v2/…?ns=…`).
 pub fn parse_request(
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
 ) -> Result<RegistryRequest, OciError> {
-    let header_bytes = headers.iter().fold(0usize, |n, (k, v)| {
-        n.saturating_add(k.as_str().len() + v.len() + 4)
-    });
+    let header_bytes = header_bytes(headers);
     if header_bytes > HEADERS_MAX {
         return Err(OciError::headers_too_large(header_bytes, HEADERS_MAX));
     }

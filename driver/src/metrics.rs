@@ -149,6 +149,8 @@ pub struct Metrics {
     pub peer_resumes: Counter,
     /// `speil_body_mismatches_total` (speil's own).
     pub body_mismatches: Counter,
+    /// `speil_peer_answers_rejected_total{reason}` (speil's own).
+    pub peer_answers_rejected: Family<ReasonLabel, Counter>,
     /// `speil_peers` (speil's own), set when the metrics are read.
     pub peers: Gauge,
     /// The registries `spegel_mirror_requests_total` names.
@@ -185,6 +187,7 @@ impl Metrics {
             served_bytes: Family::default(),
             peer_resumes: Counter::default(),
             body_mismatches: Counter::default(),
+            peer_answers_rejected: Family::default(),
             peers: Gauge::default(),
             registry_labels: Mutex::default(),
         };
@@ -255,6 +258,11 @@ impl Metrics {
             m.body_mismatches.clone(),
         );
         registry.register(
+            "speil_peer_answers_rejected",
+            "Peer answers not relayed, by reason (the peer is not asked again for that request)",
+            m.peer_answers_rejected.clone(),
+        );
+        registry.register(
             "speil_peers",
             "Peers this node's router knows",
             m.peers.clone(),
@@ -280,6 +288,15 @@ impl Metrics {
         self.not_found
             .get_or_create(&ReasonLabel {
                 reason: reason.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a peer answer that was not relayed, by its fixed reason label.
+    pub fn peer_answer_rejected(&self, reason: &'static str) {
+        self.peer_answers_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
             })
             .inc();
     }

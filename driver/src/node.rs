@@ -12,6 +12,18 @@
 //! and range). It keeps only the handles of what it runs — the reply channel of a request
 //! being decided, the control channel of a pipe, the abort handles of lookups and fetches, a
 //! peer's response until the core picks or drops it.
+//!
+//! The channels are unbounded in type, and bounded in what can be in them by the limits the
+//! core owns: a client message is a request or its departure, and a server connection has at
+//! most one request being decided (`--max-connections`, 1,024, per server); a task report
+//! belongs to a lookup (its providers, at most the count asked for, then its end; at most 256
+//! lookups at once) or to a fetch (connected, then answered or failed; fetches belong to the
+//! at most 1,024 mirrored requests); a pipe has at most one report outstanding per command the
+//! node sent it; store events come through the store's own bounded stream. Nothing outside the
+//! node can add a message without holding one of those slots. The driver's loop also takes the
+//! reports about work in flight before new requests, so a burst of requests cannot starve the
+//! reports that end earlier ones. The node's notes ([`Node::poll_note`]) are drained after
+//! every step.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,7 +38,7 @@ use futures::stream::{BoxStream, StreamExt};
 use speil_core::digest::Digest;
 use speil_core::error::OciError;
 use speil_core::mirror::{FetchId, FetchResponse, LookupId, RequestId};
-use speil_core::node::{Input, Local, Node, Output, StatTarget};
+use speil_core::node::{Input, Local, Node, Note, Output, StatTarget};
 use speil_core::range::ResolvedRange;
 use speil_core::request::ContentRequest;
 use speil_core::store::{ImageState, StoreEvent};
@@ -669,6 +681,29 @@ where
     fn drain(&mut self) {
         while let Some(out) = self.node.poll_output() {
             self.execute(out);
+        }
+        while let Some(note) = self.node.poll_note() {
+            self.report(note);
+        }
+    }
+
+    /// Logs and counts what the node noted.
+    fn report(&mut self, note: Note<P>) {
+        match note {
+            Note::PeerAnswerRejected { request, peer, why } => {
+                self.shared.metrics.peer_answer_rejected(why.label());
+                let path = self.requests.get(&request).map(|r| r.path.as_str());
+                if why.is_gone() {
+                    tracing::debug!(?peer, path, reason = %why, "a peer no longer has the content; asking the next");
+                } else {
+                    tracing::warn!(
+                        ?peer,
+                        path,
+                        reason = %why,
+                        "a peer's answer was not relayed; it is not asked again for this request"
+                    );
+                }
+            }
         }
     }
 

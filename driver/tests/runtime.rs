@@ -40,6 +40,7 @@ on_every_runtime!(
     check_sendfile_sends_a_region,
     check_connect_unix,
     check_spawn_and_spawn_blocking,
+    check_within,
 );
 
 /// Timers never fire early; this much late is tolerated (a loaded CI machine).
@@ -279,4 +280,24 @@ async fn check_spawn_and_spawn_blocking<R: Runtime>(rt: R) {
     let all = futures::future::join_all((0..32).map(|i| rt.spawn_blocking(move || i * 2))).await;
     let sum: i32 = all.into_iter().map(Result::unwrap).sum();
     assert_eq!(sum, (0..32).map(|i| i * 2).sum::<i32>());
+}
+
+/// `within`: a future that is ready at once is its value; one that completes before the
+/// budget is its value; one that never completes is `None` once the budget passed (not
+/// earlier).
+async fn check_within<R: Runtime>(rt: R) {
+    assert_eq!(
+        speil_driver::within(&rt, Duration::ZERO, async { 7 }).await,
+        Some(7)
+    );
+
+    let later = rt.sleep(Duration::from_millis(50));
+    let done = speil_driver::within(&rt, Duration::from_secs(30), later.map(|()| 8)).await;
+    assert_eq!(done, Some(8));
+
+    let t0 = Instant::now();
+    let budget = Duration::from_millis(300);
+    let never = speil_driver::within(&rt, budget, futures::future::pending::<()>()).await;
+    assert_eq!(never, None);
+    assert_between("within's budget", t0.elapsed(), budget);
 }

@@ -33,6 +33,41 @@ impl Response {
     }
 }
 
+/// The head limits the test client reads responses with.
+pub const RESPONSE_LIMITS: Limits = Limits {
+    max_head_bytes: 64 * 1024,
+    max_headers: 128,
+};
+
+/// Reads from `stream` into `buf` until `buf` starts with a whole response head; returns the
+/// head and leaves in `buf` only what follows it (the start of the body).
+pub fn read_head(stream: &mut impl Read, buf: &mut Vec<u8>) -> Result<http::response::Parts> {
+    let mut chunk = vec![0u8; 16 * 1024];
+    loop {
+        if let Status::Complete((parts, len)) =
+            speil_h1::parse_response(buf, &RESPONSE_LIMITS).context("bad response head")?
+        {
+            buf.drain(..len);
+            return Ok(parts);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            bail!("connection closed inside the response head");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Splits a whole response (read to its end) into its head and body.
+pub fn split_response(mut raw: Vec<u8>) -> Result<(http::response::Parts, Vec<u8>)> {
+    let Status::Complete((parts, len)) =
+        speil_h1::parse_response(&raw, &RESPONSE_LIMITS).context("bad response head")?
+    else {
+        bail!("the response ended inside its head");
+    };
+    Ok((parts, raw.split_off(len)))
+}
+
 /// Sends `method path` to `addr` with extra `headers` and reads the whole response.
 pub fn request(
     addr: SocketAddr,
@@ -67,25 +102,9 @@ pub fn request(
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(&head)?;
 
-    let limits = Limits {
-        max_head_bytes: 64 * 1024,
-        max_headers: 128,
-    };
     let mut buf = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
-    let (parts, head_len) = loop {
-        if let Status::Complete(head) =
-            speil_h1::parse_response(&buf, &limits).context("bad response head")?
-        {
-            break head;
-        }
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            bail!("connection closed inside the response head");
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    buf.drain(..head_len);
+    let parts = read_head(&mut stream, &mut buf)?;
     let mut resp = Response {
         status: parts.status.as_u16(),
         headers: parts

@@ -35,6 +35,33 @@ pub use images::{PlatformImage, TestImage};
 pub use registry::Registry;
 pub use speil::{Build, Ports, Speil};
 
+/// Generates one test per scenario for each cluster kind: `scenarios!([module => kind, …],
+/// [scenario, …])` writes `module::scenario` tests that skip (or fail under `CI=true`) when a
+/// component is missing, then run `scenario(kind)`. Each scenario is an
+/// `async fn(ClusterKind) -> anyhow::Result<()>` of the test file, so one scenario runs on every
+/// containerd generation and build without being copied.
+#[macro_export]
+macro_rules! scenarios {
+    ([$($module:ident => $kind:expr),* $(,)?], $scenarios:tt) => {
+        $( $crate::scenarios!(@one $module, $kind, $scenarios); )*
+    };
+    (@one $module:ident, $kind:expr, [$($scenario:ident),* $(,)?]) => {
+        mod $module {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() -> ::anyhow::Result<()> {
+                    if !$crate::require_components() {
+                        return Ok(());
+                    }
+                    super::$scenario($kind).await
+                }
+            )*
+        }
+    };
+}
+
 /// The binaries the real-component tests need.
 pub const COMPONENTS: [&str; 4] = ["containerd", "docker-registry", "skopeo", "umount"];
 

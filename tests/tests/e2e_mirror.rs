@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use speil_core::Digest;
 use speil_tests::cluster::{Cluster, ClusterKind, wait_findable};
-use speil_tests::{Build, Generation, Speil, TestImage, http, images, require_components};
+use speil_tests::{Build, Generation, Speil, TestImage, http, images};
 
 /// Every blob of the image's host platform, fetched from `s` by digest (without `ns`), hashes
 /// to its digest and equals the bytes of the image's layout.
@@ -486,34 +486,8 @@ async fn a_corrupt_copy_on_a_peer_is_never_relayed(kind: ClusterKind) -> Result<
     Ok(())
 }
 
-/// One `#[test]` per scenario and cluster kind, so that CI shows which generation broke and
-/// the generations run in parallel (each harness has its own address block and ports).
-macro_rules! on {
-    ($module:ident, $kind:expr, [$($scenario:ident),* $(,)?]) => {
-        mod $module {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() -> Result<()> {
-                    if !require_components() {
-                        return Ok(());
-                    }
-                    super::$scenario($kind).await
-                }
-            )*
-        }
-    };
-}
-
-/// [`on!`] for several cluster kinds with one list of scenarios.
-macro_rules! on_each {
-    ([$($module:ident => $kind:expr),* $(,)?], $scenarios:tt) => {
-        $( on!($module, $kind, $scenarios); )*
-    };
-}
-
 // Every containerd generation, under each build (the same scenarios, not copies).
-on_each!(
+speil_tests::scenarios!(
     [
         containerd_1_6 => ClusterKind::Uniform(Generation::V1_6, Build::Tokio),
         containerd_2_3 => ClusterKind::Uniform(Generation::V2_3, Build::Tokio),
@@ -534,9 +508,8 @@ on_each!(
 );
 // A cluster of 1.6, 2.3.4 and 2.4 nodes running tokio and smol builds side by side (the
 // scenarios with more than one node).
-on!(
-    mixed,
-    ClusterKind::Mixed,
+speil_tests::scenarios!(
+    [mixed => ClusterKind::Mixed],
     [
         pulls_are_served_by_peers_after_the_upstream_is_gone,
         a_peer_killed_mid_blob_does_not_break_the_pull,

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use http::Method;
-use speil_h1::{ChunkedDecoder, Framing, Limits, Status};
+use speil_h1::{ChunkedDecoder, Framing, Status};
 use speil_tests::cluster::{Cluster, ClusterKind};
-use speil_tests::{Build, Generation, Speil, images, require_components};
+use speil_tests::{Build, Generation, Speil, images};
 
 /// The server's head budget (`ServerLimits::head_timeout`).
 const HEAD_BUDGET: Duration = Duration::from_secs(10);
@@ -97,18 +97,15 @@ impl Raw {
     /// The next response to a `method` request; `None` when the server closed the connection
     /// cleanly before sending any byte of one.
     fn response(&mut self, method: &Method) -> Result<Option<Resp>> {
-        let limits = Limits {
-            max_head_bytes: 64 * 1024,
-            max_headers: 128,
-        };
         let (parts, len) = loop {
-            if let Status::Complete(head) = speil_h1::parse_response(&self.buf, &limits)
-                .with_context(|| {
-                    format!(
-                        "not a response head: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    )
-                })?
+            if let Status::Complete(head) =
+                speil_h1::parse_response(&self.buf, &speil_tests::http::RESPONSE_LIMITS)
+                    .with_context(|| {
+                        format!(
+                            "not a response head: {:?}",
+                            String::from_utf8_lossy(&self.buf)
+                        )
+                    })?
             {
                 break head;
             }
@@ -966,32 +963,7 @@ async fn idle_connections_do_not_starve_a_new_client(kind: ClusterKind) -> Resul
     assert_healthy(s)
 }
 
-/// One `#[test]` per scenario and build.
-macro_rules! on {
-    ($module:ident, $kind:expr, [$($scenario:ident),* $(,)?]) => {
-        mod $module {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() -> Result<()> {
-                    if !require_components() {
-                        return Ok(());
-                    }
-                    super::$scenario($kind).await
-                }
-            )*
-        }
-    };
-}
-
-/// [`on!`] for several cluster kinds with one list of scenarios.
-macro_rules! on_each {
-    ([$($module:ident => $kind:expr),* $(,)?], $scenarios:tt) => {
-        $( on!($module, $kind, $scenarios); )*
-    };
-}
-
-on_each!(
+speil_tests::scenarios!(
     [
         tokio_build => ClusterKind::Uniform(Generation::V1_6, Build::Tokio),
         smol_build => ClusterKind::Uniform(Generation::V1_6, Build::Smol),

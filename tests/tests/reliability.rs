@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use speil_core::Digest;
-use speil_h1::{Framing, Limits, Status};
+use speil_h1::Framing;
 use speil_tests::cluster::{Cluster, ClusterKind, configure, wait_findable};
-use speil_tests::{Build, Generation, Harness, Ports, Speil, images, require_components};
+use speil_tests::{Build, Generation, Harness, Ports, Speil, images};
 
 /// `GET path` from `addr`, reading the body slowly (64 KiB every `pause`): `Ok` when the whole
 /// body came and hashed to `digest`; an error when the connection ended before the body's
@@ -23,25 +23,13 @@ fn slow_get(addr: SocketAddr, path: &str, digest: &Digest, pause: Duration) -> R
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )?;
-    let limits = Limits {
-        max_head_bytes: 64 * 1024,
-        max_headers: 128,
-    };
-    let mut buf = Vec::new();
+    let mut body = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
-    let (parts, head_len) = loop {
-        if let Status::Complete(h) = speil_h1::parse_response(&buf, &limits)? {
-            break h;
-        }
-        let n = s.read(&mut chunk)?;
-        ensure!(n > 0, "closed inside the head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
+    let parts = speil_tests::http::read_head(&mut s, &mut body)?;
     ensure!(parts.status == 200, "status {}", parts.status);
     let Framing::Length(length) = speil_h1::response_framing(&http::Method::GET, &parts)? else {
         bail!("a blob without Content-Length");
     };
-    let mut body = buf.split_off(head_len);
     loop {
         if body.len() as u64 >= length {
             break;
@@ -143,14 +131,8 @@ async fn get(addr: SocketAddr, path: String) -> Result<(u16, Vec<u8>)> {
     s.write_all(head.as_bytes()).await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
-    let limits = Limits {
-        max_head_bytes: 64 * 1024,
-        max_headers: 128,
-    };
-    let Status::Complete((parts, len)) = speil_h1::parse_response(&buf, &limits)? else {
-        bail!("incomplete head");
-    };
-    Ok((parts.status.as_u16(), buf.split_off(len)))
+    let (parts, body) = speil_tests::http::split_response(buf)?;
+    Ok((parts.status.as_u16(), body))
 }
 
 /// Open file descriptors of `pid`.
@@ -314,36 +296,11 @@ async fn start_up_races(kind: ClusterKind) -> Result<()> {
     Ok(())
 }
 
-/// One `#[test]` per scenario and build.
-macro_rules! on {
-    ($module:ident, $kind:expr, [$($scenario:ident),* $(,)?]) => {
-        mod $module {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $scenario() -> Result<()> {
-                    if !require_components() {
-                        return Ok(());
-                    }
-                    super::$scenario($kind).await
-                }
-            )*
-        }
-    };
-}
-
-on!(
-    tokio_build,
-    ClusterKind::Uniform(Generation::V1_6, Build::Tokio),
+speil_tests::scenarios!(
     [
-        restarted_under_load,
-        a_thousand_requests_at_once,
-        start_up_races
-    ]
-);
-on!(
-    smol_build,
-    ClusterKind::Uniform(Generation::V1_6, Build::Smol),
+        tokio_build => ClusterKind::Uniform(Generation::V1_6, Build::Tokio),
+        smol_build => ClusterKind::Uniform(Generation::V1_6, Build::Smol),
+    ],
     [
         restarted_under_load,
         a_thousand_requests_at_once,

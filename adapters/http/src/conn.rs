@@ -63,7 +63,6 @@ use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::Empty;
 use hyper::body::Body;
 use speil_core::error::OciError;
-use speil_core::request::HEADERS_MAX;
 
 use crate::body::{FileRegion, ResponseBody};
 use crate::server::error_response;
@@ -333,7 +332,7 @@ impl<R: Runtime> Conn<R> {
                 Some(Ok(head)) => head,
                 None => return Ok(Close::Now),
                 Some(Err(HeadError::TooLarge(len))) => {
-                    let e = OciError::headers_too_large(len, HEADERS_MAX);
+                    let e = OciError::headers_too_large(len, self.limits.max_header_bytes);
                     self.write_response(error_response(&e, false), false, Version::HTTP_11, false)
                         .await?;
                     return Ok(Close::Linger);
@@ -412,6 +411,10 @@ impl<R: Runtime> Conn<R> {
                     Ok(Some((head, n))) => {
                         self.buf.copy_within(n..self.filled, 0);
                         self.filled -= n;
+                        let fields = speil_core::limits::header_bytes(&head.headers);
+                        if fields > self.limits.max_header_bytes {
+                            return Ok(Some(Err(HeadError::TooLarge(fields))));
+                        }
                         return Ok(Some(Ok(head)));
                     }
                     Ok(None) if self.filled >= self.limits.max_head_bytes => {

@@ -32,6 +32,7 @@ pub mod body;
 pub mod client;
 pub mod conn;
 pub mod debug;
+pub mod hasher;
 pub mod pipe;
 pub mod server;
 

@@ -35,6 +35,7 @@ use speil_driver::{PipeControl, PipeEvent, PipeReporter, Relay};
 use crate::BoxError;
 use crate::body::Truncated;
 use crate::client::PeerResponse;
+use crate::hasher::BodyCheck;
 
 /// A peer's response body.
 pub type PeerBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -42,6 +43,8 @@ pub type PeerBody = UnsyncBoxBody<Bytes, BoxError>;
 enum State {
     Streaming(PeerBody),
     Waiting,
+    /// Every byte of a checked body arrived; its last piece waits for the hash's verdict.
+    Verifying(Bytes),
     /// A held body that matched: its pieces go out now.
     Draining(VecDeque<Bytes>),
     Finished,
@@ -59,7 +62,7 @@ pub struct Pipe {
     control: mpsc::UnboundedReceiver<PipeControl<PeerResponse>>,
     notify: Notify,
     /// The hash of what was relayed so far, when the body is checked against a digest.
-    verify: Option<Verifier>,
+    verify: Option<BodyCheck>,
     /// `Some` while a checked body is held: what arrived so far (nothing goes out before
     /// all of it matched).
     held: Option<Vec<Bytes>>,
@@ -87,7 +90,9 @@ impl Pipe {
     /// deliver a known length is checked: the check happens when the last byte would go out.
     /// `hold`: nothing goes out before all of the body arrived and matched.
     pub fn verified(mut self, verify: Option<Verifier>, hold: bool) -> Pipe {
-        self.verify = verify.filter(|_| self.expected.is_some());
+        self.verify = verify
+            .zip(self.expected)
+            .map(|(v, size)| BodyCheck::new(v, size));
         self.held = (hold && self.verify.is_some()).then(Vec::new);
         self
     }
@@ -166,6 +171,15 @@ impl Body for Pipe {
         let this = &mut *self;
         loop {
             match &mut this.state {
+                // The hasher is too far behind: wait for it before reading on.
+                State::Streaming(_)
+                    if this
+                        .verify
+                        .as_ref()
+                        .is_some_and(|v| v.poll_room(cx).is_pending()) =>
+                {
+                    return Poll::Pending;
+                }
                 State::Streaming(body) => match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => {
                         // The driver may tell a stalled body to stop (the core's watchdog).
@@ -208,36 +222,19 @@ impl Body for Pipe {
                             .into())));
                         }
                         let written = written + data.len() as u64;
+                        let complete = this.expected == Some(written);
                         if let Some(v) = &mut this.verify {
-                            v.update(&data);
-                        }
-                        if this.expected == Some(written)
-                            && let Some(v) = this.verify.take()
-                        {
-                            let digest = v.digest().to_string();
-                            if !v.matches() {
-                                // The last piece is held back: the client never gets a
-                                // complete body with the wrong bytes.
-                                tracing::warn!(%digest, written, "relayed body does not match its digest");
-                                this.state = State::Aborted;
-                                (this.notify)(PipeEvent::Mismatch);
-                                return Poll::Ready(Some(Err(Truncated(format!(
-                                    "the body does not match {digest}"
-                                ))
-                                .into())));
+                            v.update(data.clone());
+                            if complete {
+                                // The last piece is held back until the verdict: the client
+                                // never gets a complete body with the wrong bytes.
+                                this.state = State::Verifying(data);
+                                continue;
                             }
                         }
                         this.written.store(written, Ordering::Relaxed);
-                        let complete = this.expected == Some(written);
                         if let Some(held) = &mut this.held {
                             held.push(data);
-                            if complete {
-                                // All of it arrived and matched: out it goes.
-                                let pieces = std::mem::take(held).into();
-                                this.held = None;
-                                this.state = State::Draining(pieces);
-                                (this.notify)(PipeEvent::Finished);
-                            }
                             continue;
                         }
                         if complete {
@@ -280,6 +277,43 @@ impl Body for Pipe {
                         .into())));
                     }
                 },
+                State::Verifying(_) => {
+                    let verdict = match &mut this.verify {
+                        Some(v) => match v.poll_verdict(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(ok) => ok,
+                        },
+                        None => true,
+                    };
+                    let State::Verifying(last) =
+                        std::mem::replace(&mut this.state, State::Finished)
+                    else {
+                        unreachable!("matched above");
+                    };
+                    let check = this.verify.take();
+                    if !verdict {
+                        let digest = check.map(|c| c.digest().to_string()).unwrap_or_default();
+                        tracing::warn!(%digest, written = this.written(), "relayed body does not match its digest");
+                        this.state = State::Aborted;
+                        this.held = None;
+                        (this.notify)(PipeEvent::Mismatch);
+                        return Poll::Ready(Some(Err(Truncated(format!(
+                            "the body does not match {digest}"
+                        ))
+                        .into())));
+                    }
+                    let written = this.written() + last.len() as u64;
+                    this.written.store(written, Ordering::Relaxed);
+                    (this.notify)(PipeEvent::Finished);
+                    if let Some(mut held) = this.held.take() {
+                        // All of it arrived and matched: out it goes.
+                        held.push(last);
+                        this.state = State::Draining(held.into());
+                        continue;
+                    }
+                    this.sent += last.len() as u64;
+                    return Poll::Ready(Some(Ok(Frame::data(last))));
+                }
                 State::Draining(pieces) => match pieces.pop_front() {
                     Some(data) => {
                         this.sent += data.len() as u64;
@@ -306,7 +340,10 @@ impl Body for Pipe {
 
 impl Drop for Pipe {
     fn drop(&mut self) {
-        if matches!(self.state, State::Streaming(_) | State::Waiting) {
+        if matches!(
+            self.state,
+            State::Streaming(_) | State::Waiting | State::Verifying(_)
+        ) {
             (self.notify)(PipeEvent::Closed);
         }
     }
@@ -490,6 +527,52 @@ mod tests {
             drop(p);
             assert_eq!(*events.lock().unwrap(), vec![PipeEvent::Mismatch]);
         });
+    }
+
+    /// A body larger than [`crate::hasher::INLINE_MAX`] is hashed on a hasher thread while it
+    /// streams: every piece but the last goes out as it arrives; the last waits for the
+    /// verdict, and never goes out when the bytes do not match.
+    #[test]
+    fn a_large_body_is_hashed_beside_the_relay() {
+        const PIECE: usize = 64 * 1024;
+        let body: Vec<u8> = (0..40 * PIECE).map(|i| (i % 253) as u8).collect();
+        for wrong in [false, true] {
+            block_on(async {
+                let mut sent = body.clone();
+                if wrong {
+                    *sent.last_mut().unwrap() ^= 1;
+                }
+                let sent = Bytes::from(sent);
+                let frames: Vec<Result<Frame<Bytes>, BoxError>> = (0..sent.len())
+                    .step_by(PIECE)
+                    .map(|at| Ok(Frame::data(sent.slice(at..at + PIECE))))
+                    .collect();
+                let first = StreamBody::new(futures::stream::iter(frames)).boxed_unsync();
+                let (p, _tx, events) = pipe(first, Some(body.len() as u64));
+                let mut p = p.verified(check(&body), false);
+                let mut got = Vec::new();
+                let end = loop {
+                    match next(&mut p).await {
+                        Some(Ok(piece)) => got.extend_from_slice(&piece),
+                        other => break other,
+                    }
+                };
+                if wrong {
+                    assert!(
+                        matches!(&end, Some(Err(e)) if e.contains("does not match")),
+                        "{end:?}"
+                    );
+                    assert_eq!(got.len(), body.len() - PIECE, "all but the last piece");
+                    drop(p);
+                    assert_eq!(*events.lock().unwrap(), vec![PipeEvent::Mismatch]);
+                } else {
+                    assert!(end.is_none(), "{end:?}");
+                    assert_eq!(got, body);
+                    assert_eq!(p.written(), body.len() as u64);
+                    assert_eq!(*events.lock().unwrap(), vec![PipeEvent::Finished]);
+                }
+            });
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rand::Rng;
 
 use super::{
-    Fetch, FetchFailure, FetchId, FetchRange, FetchResponse, FetchState, Mirror, MirrorError,
+    Fetch, FetchFailure, FetchId, FetchRange, FetchResponse, FetchState, Mirror, MirrorError, Note,
     Output, Phase, Request, RequestId, Watch, WatchState,
 };
 use crate::manifest::MAX_MANIFEST_SIZE;
@@ -24,7 +24,7 @@ use crate::manifest::MAX_MANIFEST_SIZE;
 /// failed for this request and is not asked again for it; the next peer, a hedge or the 404
 /// follows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Rejection {
+pub enum Rejection {
     /// A status that is not relayed (only 200, 206 and, to a ranged request, 416 are).
     Status(u16),
     /// Content asked for by digest came with another `Docker-Content-Digest`, or none.
@@ -51,6 +51,27 @@ pub(super) enum Rejection {
         /// The size known from the answer being continued.
         known: u64,
     },
+}
+
+impl Rejection {
+    /// The reason as a fixed label (`speil_peer_answers_rejected_total{reason}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Rejection::Status(_) => "status",
+            Rejection::Digest => "digest",
+            Rejection::Range => "range",
+            Rejection::NoLength => "no_length",
+            Rejection::ManifestTooLarge(_) => "manifest_too_large",
+            Rejection::LengthNotRange { .. } => "length_not_range",
+            Rejection::SizeNotKnown { .. } => "size_not_known",
+        }
+    }
+
+    /// Whether this is a peer that no longer has the content (`404`), as happens when it
+    /// removed an image after announcing it: expected, unlike every other reason.
+    pub fn is_gone(&self) -> bool {
+        *self == Rejection::Status(404)
+    }
 }
 
 impl fmt::Display for Rejection {
@@ -227,10 +248,14 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             self.finish_fetch(now, id);
             return Ok(());
         };
-        // The reason ([`Rejection`]) has no channel out of the core yet: like every other
-        // rejection, it only makes the peer count as failed for this request (not asked again
-        // for it); the next peer, a hedge or the 404 follows.
-        if judge(request, resume, &resp).is_err() {
+        // Whatever the reason, the peer counts as failed for this request (not asked again for
+        // it); the next peer, a hedge or the 404 follows. The reason goes out as a note.
+        if let Err(why) = judge(request, resume, &resp) {
+            self.note(Note::PeerAnswerRejected {
+                request: rid,
+                peer,
+                why,
+            });
             self.finish_fetch(now, id);
             self.pump(now, rid);
             return Ok(());

@@ -236,7 +236,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
 }
 
 /// Whether `peer` is distrusted for `key` at `now`.
-fn distrusted<P: Ord + Clone>(
+pub(super) fn distrusted<P: Ord + Clone>(
     set: &BTreeMap<(Key, P), Instant>,
     now: Instant,
     key: &Key,

@@ -30,7 +30,7 @@ use rand::rngs::SmallRng;
 use crate::keys::Key;
 #[cfg(doc)]
 use crate::node::Input;
-use crate::node::Output;
+use crate::node::{Note, Output};
 
 pub mod config;
 pub mod error;
@@ -44,9 +44,14 @@ mod resume;
 mod tests;
 pub mod timers;
 
+/// Most notes kept unread ([`Mirror::poll_note`]): a driver that never reads them costs a
+/// bounded amount of memory.
+pub const MAX_NOTES: usize = 256;
+
 pub use config::MirrorConfig;
 pub use error::MirrorError;
 pub use facts::{ContentRange, FetchFailure, FetchRange, FetchResponse, MirrorRequest};
+pub use fetches::Rejection;
 pub use ids::{FetchId, LookupId, RequestId};
 pub use timers::TimeoutReason;
 
@@ -180,6 +185,9 @@ pub struct Mirror<P> {
     /// Commands for the adapter, in the node's own [`Output`] type: the node moves them into its
     /// queue as they are.
     outputs: VecDeque<Output<P>>,
+    /// What the adapter reports and need not answer ([`Note`]); at most [`MAX_NOTES`], the
+    /// oldest dropped first when nobody reads them.
+    notes: VecDeque<Note<P>>,
     hits: u64,
     misses: u64,
     next_fetch: u64,
@@ -203,6 +211,7 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
             held: 0,
             ttfb: VecDeque::new(),
             outputs: VecDeque::new(),
+            notes: VecDeque::new(),
             hits: 0,
             misses: 0,
             next_fetch: 0,
@@ -267,9 +276,20 @@ impl<P: Clone + Ord + fmt::Debug> Mirror<P> {
 
     /// Whether `peer` is distrusted for `key` at `now`.
     pub fn distrusts(&self, now: Instant, key: &Key, peer: &P) -> bool {
-        self.distrusted
-            .get(&(key.clone(), peer.clone()))
-            .is_some_and(|until| *until > now)
+        lookups::distrusted(&self.distrusted, now, key, peer)
+    }
+
+    /// The oldest note not read yet.
+    pub(crate) fn poll_note(&mut self) -> Option<Note<P>> {
+        self.notes.pop_front()
+    }
+
+    /// Keeps `note` for the adapter, dropping the oldest one when [`MAX_NOTES`] are unread.
+    pub(super) fn note(&mut self, note: Note<P>) {
+        if self.notes.len() >= MAX_NOTES {
+            self.notes.pop_front();
+        }
+        self.notes.push_back(note);
     }
 
     /// Moves the commands decided so far to the end of `queue`.

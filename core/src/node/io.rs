@@ -137,6 +137,21 @@ pub enum Input<P> {
     Store(StoreEvent),
 }
 
+/// What the node decided that the adapter only reports (in its log and metrics); nothing
+/// answers a note. Read with [`crate::node::Node::poll_note`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note<P> {
+    /// A peer's answer was not relayed: the peer is not asked again for this request.
+    PeerAnswerRejected {
+        /// The client request the fetch served.
+        request: RequestId,
+        /// The peer that answered.
+        peer: P,
+        /// Why its answer was not relayed.
+        why: crate::mirror::Rejection,
+    },
+}
+
 /// A command for the adapters: the one output type of the node and of its sub-machines.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output<P> {

@@ -38,7 +38,7 @@ pub mod sim;
 #[cfg(test)]
 mod tests;
 
-pub use io::{Input, Local, Output, StatTarget};
+pub use io::{Input, Local, Note, Output, StatTarget};
 
 /// How a node is set up.
 #[derive(Debug, Clone)]
@@ -222,6 +222,11 @@ impl<P: Clone + Ord + fmt::Debug> Node<P> {
     /// The next command.
     pub fn poll_output(&mut self) -> Option<Output<P>> {
         self.outputs.pop_front()
+    }
+
+    /// The oldest [`Note`] not read yet (at most [`crate::mirror::MAX_NOTES`] are kept).
+    pub fn poll_note(&mut self) -> Option<Note<P>> {
+        self.mirror.poll_note()
     }
 
     /// When to call [`Node::handle_timeout`], and why.

@@ -973,6 +973,100 @@ fn a_body_without_content_length_is_rejected() {
     }
 }
 
+/// Every rejected answer is noted once, with its peer and reason (for the log and
+/// `speil_peer_answers_rejected_total`); a peer that no longer holds the content is told apart.
+#[test]
+fn rejected_answers_are_noted_with_their_reason() {
+    use crate::mirror::Rejection;
+    let b = blob();
+    let other = manifest();
+    let cases = [
+        (
+            answer(Some(&b), 404, Some(0), None),
+            Rejection::Status(404),
+            true,
+        ),
+        (
+            answer(Some(&b), 500, Some(0), None),
+            Rejection::Status(500),
+            false,
+        ),
+        (
+            answer(Some(&other), 200, Some(4), None),
+            Rejection::Digest,
+            false,
+        ),
+        (answer(None, 200, Some(4), None), Rejection::Digest, false),
+        (
+            answer(Some(&b), 200, None, None),
+            Rejection::NoLength,
+            false,
+        ),
+    ];
+    for (resp, why, gone) in cases {
+        let (mut n, peer, _) = first_answer(blob_request(None), &[1, 2], resp);
+        let note = n.poll_note();
+        assert_eq!(
+            note,
+            Some(Note::PeerAnswerRejected {
+                request: RequestId(1),
+                peer,
+                why,
+            })
+        );
+        assert_eq!(why.is_gone(), gone, "{why}");
+        assert_eq!(n.poll_note(), None, "one note per rejection");
+    }
+    // A good answer notes nothing.
+    let (mut n, _, out) = first_answer(blob_request(None), &[1], ok_200(4));
+    assert!(matches!(out.as_slice(), [Output::Serve { .. }]), "{out:?}");
+    assert_eq!(n.poll_note(), None);
+}
+
+/// Notes nobody reads are bounded: the newest [`crate::mirror::MAX_NOTES`] are kept.
+#[test]
+fn unread_notes_are_bounded() {
+    let max = crate::mirror::MAX_NOTES as u64;
+    let t = Instant::now();
+    let mut n = node();
+    let total = max + 40;
+    for id in 1..=total {
+        // A blob of its own each, so that every request looks its providers up.
+        let d = Digest::sha256_of(&id.to_be_bytes());
+        let path = format!("/v2/x/blobs/{d}?ns=127.0.0.1%3A5000");
+        let lookup = mirrored(&mut n, t, id, request(Method::GET, &path, None, false));
+        n.handle(
+            t,
+            Input::Providers {
+                lookup,
+                providers: vec![(1, vec![addr(1, 5000)])],
+            },
+        )
+        .unwrap();
+        let f = fetches(&drain(&mut n));
+        assert_eq!(f.len(), 1, "{f:?}");
+        n.handle(t, Input::FetchConnected { fetch: f[0].0 })
+            .unwrap();
+        n.handle(
+            t,
+            Input::FetchResponded {
+                fetch: f[0].0,
+                response: answer(Some(&d), 404, Some(0), None),
+            },
+        )
+        .unwrap();
+        n.handle(t, Input::LookupFinished { lookup }).unwrap();
+        drain(&mut n);
+    }
+    let notes: Vec<_> = std::iter::from_fn(|| n.poll_note()).collect();
+    assert_eq!(notes.len() as u64, max);
+    assert!(
+        matches!(notes.first(), Some(Note::PeerAnswerRejected { request, .. }) if *request == RequestId(total - max + 1)),
+        "{:?}",
+        notes.first()
+    );
+}
+
 #[test]
 fn a_manifest_over_4_mib_from_a_peer_is_rejected() {
     let cap = crate::manifest::MAX_MANIFEST_SIZE as u64;

@@ -365,6 +365,21 @@ impl<R: Runtime> Conn<R> {
             let wants_keep_alive = keep_alive(head.version, &head.headers);
             let is_head = head.method == Method::HEAD;
             let version = head.version;
+            let fields = speil_core::limits::header_bytes(&head.headers);
+            if fields > self.limits.max_header_bytes {
+                // The whole head was read, so the connection is still in sync: 431, and the
+                // next request is read as usual (a request with a body is not: closed).
+                let e = OciError::headers_too_large(fields, self.limits.max_header_bytes);
+                let keep_alive = wants_keep_alive && !has_body && !*stop.borrow();
+                let keep_alive = self
+                    .write_response(error_response(&e, is_head), is_head, version, keep_alive)
+                    .await?;
+                self.served += 1;
+                if !keep_alive {
+                    return Ok(Close::Linger);
+                }
+                continue;
+            }
             let mut request = Request::new(Empty::new());
             *request.method_mut() = head.method;
             *request.uri_mut() = head.uri;
@@ -411,10 +426,6 @@ impl<R: Runtime> Conn<R> {
                     Ok(Some((head, n))) => {
                         self.buf.copy_within(n..self.filled, 0);
                         self.filled -= n;
-                        let fields = speil_core::limits::header_bytes(&head.headers);
-                        if fields > self.limits.max_header_bytes {
-                            return Ok(Some(Err(HeadError::TooLarge(fields))));
-                        }
                         return Ok(Some(Ok(head)));
                     }
                     Ok(None) if self.filled >= self.limits.max_head_bytes => {

@@ -24,7 +24,7 @@ use futures::task::AtomicWaker;
 use speil_core::Verifier;
 
 /// Most bytes of one body queued for its hasher before the pipe waits.
-pub const MAX_QUEUED: usize = 4 * 1024 * 1024;
+pub const MAX_QUEUED: usize = 1024 * 1024;
 
 /// Bodies up to this size are hashed inline.
 pub const INLINE_MAX: u64 = 256 * 1024;

@@ -44,8 +44,8 @@ mod resume;
 mod tests;
 pub mod timers;
 
-/// Most notes kept unread ([`Mirror::poll_note`]): a driver that never reads them costs a
-/// bounded amount of memory.
+/// Most notes kept unread ([`crate::node::Node::poll_note`]): a driver that never reads them
+/// costs a bounded amount of memory.
 pub const MAX_NOTES: usize = 256;
 
 pub use config::MirrorConfig;

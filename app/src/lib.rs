@@ -69,11 +69,24 @@ pub fn main<L: Launcher>(launcher: L) -> ExitCode {
     {
         use tracing_subscriber::layer::SubscriberExt;
         use tracing_subscriber::util::SubscriberInitExt;
+        // libp2p's own INFO lines are about what peers send (a record refused, a
+        // connection denied): at INFO they would let any peer write the node's log, one line
+        // per message. They show from DEBUG on.
+        let level = cli.log_level;
+        let libp2p = if level >= tracing::Level::DEBUG {
+            level
+        } else {
+            level.min(tracing::Level::WARN)
+        };
         tracing_subscriber::registry()
             .with(logfmt::FlatJson::new(logfmt::Stderr))
-            .with(tracing_subscriber::filter::LevelFilter::from_level(
-                cli.log_level,
-            ))
+            .with(
+                tracing_subscriber::filter::Targets::new()
+                    .with_default(level)
+                    .with_target("libp2p", libp2p)
+                    .with_target("yamux", libp2p)
+                    .with_target("multistream_select", libp2p),
+            )
             .init();
     }
     let runtime_name = launcher.name();

@@ -153,6 +153,8 @@ pub struct Metrics {
     pub peer_answers_rejected: Family<ReasonLabel, Counter>,
     /// `speil_peers` (speil's own), set when the metrics are read.
     pub peers: Gauge,
+    /// `speil_dht_records` (speil's own), set when the metrics are read.
+    pub dht_records: Gauge,
     /// The registries `spegel_mirror_requests_total` names.
     registry_labels: Mutex<RegistryLabels>,
 }
@@ -189,6 +191,7 @@ impl Metrics {
             body_mismatches: Counter::default(),
             peer_answers_rejected: Family::default(),
             peers: Gauge::default(),
+            dht_records: Gauge::default(),
             registry_labels: Mutex::default(),
         };
         // prometheus-client appends `_total` to counters itself.
@@ -266,6 +269,11 @@ impl Metrics {
             "speil_peers",
             "Peers this node's router knows",
             m.peers.clone(),
+        );
+        registry.register(
+            "speil_dht_records",
+            "Provider records of other peers this node's DHT store holds",
+            m.dht_records.clone(),
         );
         Metrics { registry, ..m }
     }

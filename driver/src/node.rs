@@ -183,6 +183,7 @@ pub struct Shared {
     last_success: Mutex<Option<SystemTime>>,
     ready: Box<dyn Fn() -> bool + Send + Sync>,
     peers: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    records: Box<dyn Fn() -> Option<usize> + Send + Sync>,
 }
 
 impl fmt::Debug for Shared {
@@ -223,6 +224,11 @@ impl Shared {
     /// The peers the router knows.
     pub fn peers(&self) -> Vec<String> {
         (self.peers)()
+    }
+
+    /// The records the router holds for other peers ([`Router::records`]).
+    pub fn router_records(&self) -> Option<usize> {
+        (self.records)()
     }
 
     /// When the last mirrored response was completed.
@@ -361,6 +367,7 @@ where
     let (pipe_tx, pipe_rx) = mpsc::unbounded();
     let ready_router = parts.router.clone();
     let peers_router = parts.router.clone();
+    let records_router = parts.router.clone();
     let shared = Arc::new(Shared {
         metrics: parts.metrics,
         store_connected: AtomicBool::new(false),
@@ -371,6 +378,7 @@ where
         last_success: Mutex::new(None),
         ready: Box::new(move || ready_router.ready()),
         peers: Box::new(move || peers_router.peers()),
+        records: Box::new(move || records_router.records()),
     });
     let (router_tx, router_rx) = mpsc::unbounded();
     let driver = Driver {

@@ -142,6 +142,12 @@ pub trait Router<P>: Send + Sync + 'static {
     fn peers(&self) -> Vec<String> {
         Vec::new()
     }
+
+    /// Records this node holds for other peers (a DHT's provider records), for the
+    /// `speil_dht_records` gauge; `None` for a router that keeps none.
+    fn records(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// One request to a peer's registry, exactly as the core's `Fetch` names it.

@@ -21,6 +21,7 @@ pub mod images;
 pub mod netns;
 pub mod pod;
 pub mod registry;
+pub mod rogue;
 pub mod sim;
 pub mod speil;
 

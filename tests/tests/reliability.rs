@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail, ensure};
 use speil_core::Digest;
 use speil_h1::Framing;
 use speil_tests::cluster::{Cluster, ClusterKind, configure, wait_findable};
+use speil_tests::rogue::Rogue;
 use speil_tests::{Build, Generation, Harness, Ports, Speil, images};
 
 /// `GET path` from `addr`, reading the body slowly (64 KiB every `pause`): `Ok` when the whole
@@ -296,6 +297,128 @@ async fn start_up_races(kind: ClusterKind) -> Result<()> {
     Ok(())
 }
 
+/// Records the flood announces: the store's bound (100,000 records of other peers), then half
+/// as many again, which the node must refuse.
+const FLOOD: u64 = 100_000;
+const FLOOD_MORE: u64 = FLOOD / 2;
+/// Rogue identities, and dials of each: a node admits 4 connections per peer and 1,024
+/// incoming connections, so 260 identities dialling 5 times each go past both bounds.
+const ROGUES: usize = 260;
+const DIALS: usize = 5;
+const MAX_INCOMING: usize = 1024;
+
+/// Waits until the node's `speil_dht_records` is `want` (the gauge follows the store).
+async fn records_reach(node: &Speil, want: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = node.metric("speil_dht_records")?;
+        if records == want as f64 {
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{records} records held, {want} expected"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A DHT member that is not one — rogue identities in the test process, on a cluster without
+/// a pre-shared key — takes every incoming connection the node admits and floods it with
+/// provider records: each identity holds at most 4 connections and all of them at most
+/// 1,024; the store stops at its bound (100,000 records of other peers) and more records are
+/// refused; the resident memory stays bounded; a pull during the flood succeeds; and with the
+/// upstream gone, a pull through the node is served by the peer that holds the image (its
+/// lookups still answer) while the rogue holds its connections.
+async fn a_dht_flood(kind: ClusterKind) -> Result<()> {
+    speil_tests::raise_fd_limit(8192)?;
+    let mut c = Cluster::start_nodes(&kind.nodes(2))?;
+    let reg = c.registry();
+    let (small, multi) = (images::small()?, images::multi()?);
+    for image in [small, multi] {
+        c.h.registry.push(image)?;
+        c.h.nodes[0].cri_pull(&image.reference(&reg)).await?;
+        wait_findable(&c.speils[1], image, &reg, Duration::from_secs(10))?;
+    }
+    let node = &c.speils[1];
+    let pid = node.pid().context("speil pid")?;
+    let idle = rss_kib(pid)?;
+    let router = SocketAddr::new(node.address, node.ports.router);
+    let rogue = Rogue::connect(router, ROGUES, DIALS, Duration::from_secs(60)).await?;
+    // Connections over the node's bounds are closed right after their handshake.
+    let within_bounds =
+        |held: &[usize]| held.iter().all(|&n| n <= 4) && held.iter().sum::<usize>() <= MAX_INCOMING;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !within_bounds(&rogue.connections()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let held = rogue.connections();
+    ensure!(
+        within_bounds(&held),
+        "connections held per rogue identity: {held:?}"
+    );
+    let total: usize = held.iter().sum();
+    ensure!(
+        total > MAX_INCOMING - 16,
+        "the rogue got only {total} connections"
+    );
+    let connected = rss_kib(pid)?;
+
+    let t = Instant::now();
+    rogue.publish(0..FLOOD).await?;
+    let took = t.elapsed();
+    records_reach(node, FLOOD).await?;
+    let full = rss_kib(pid)?;
+
+    // More records, refused, while containerd pulls an image through the node (upstream
+    // reachable: wherever the node finds it in time, the pull succeeds).
+    let reference = small.reference(&reg);
+    let (more, pull) = tokio::join!(
+        rogue.publish(FLOOD..FLOOD + FLOOD_MORE),
+        c.h.nodes[1].cri_pull(&reference)
+    );
+    more?;
+    pull.with_context(|| c.speils[1].log_tail())?;
+    let node = &c.speils[1];
+    records_reach(node, FLOOD).await?;
+    let after = rss_kib(pid)?;
+    eprintln!(
+        "resident memory: {idle} KiB idle, {connected} KiB with {total} rogue connections, \
+         {full} KiB after {FLOOD} records ({took:?}), {after} KiB after {FLOOD_MORE} refused"
+    );
+    ensure!(
+        after < 256 * 1024,
+        "resident memory reached {after} KiB ({idle} KiB idle)"
+    );
+    // 50,000 refused records are not 50,000 log lines.
+    let refusals = node
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("not stored"))
+        .count();
+    ensure!(refusals == 0, "{refusals} log lines about refused records");
+
+    // The upstream gone, the store full and every incoming slot taken: the node's lookups
+    // still find the peer.
+    c.h.registry.stop();
+    c.h.nodes[1]
+        .cri_pull(&multi.reference(&reg))
+        .await
+        .with_context(|| c.speils[1].log_tail())?;
+    let node = &c.speils[1];
+    for layer in &multi.host_platform()?.layers {
+        let source = speil_tests::cluster::source_of(node, layer.as_str());
+        ensure!(source.starts_with("peer "), "{layer} came from {source}");
+    }
+    let held = rogue.connections();
+    ensure!(
+        within_bounds(&held),
+        "connections held per rogue identity: {held:?}"
+    );
+    drop(rogue);
+    Ok(())
+}
+
 speil_tests::scenarios!(
     [
         tokio_build => ClusterKind::Uniform(Generation::V1_6, Build::Tokio),
@@ -304,6 +427,7 @@ speil_tests::scenarios!(
     [
         restarted_under_load,
         a_thousand_requests_at_once,
-        start_up_races
+        start_up_races,
+        a_dht_flood
     ]
 );

@@ -171,10 +171,12 @@ impl<R: Runtime> Inner<R> {
         }
         if path == "/metrics" {
             let peers = self.shared.peers().len();
-            self.shared
-                .metrics
-                .peers
-                .set(i64::try_from(peers).unwrap_or(i64::MAX));
+            let m = &self.shared.metrics;
+            m.peers.set(i64::try_from(peers).unwrap_or(i64::MAX));
+            if let Some(records) = self.shared.router_records() {
+                m.dht_records
+                    .set(i64::try_from(records).unwrap_or(i64::MAX));
+            }
             return respond(
                 StatusCode::OK,
                 speil_driver::metrics::PROMETHEUS_TEXT,

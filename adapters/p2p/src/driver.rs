@@ -111,6 +111,7 @@ pub fn start_with_transport<R: Runtime>(
         routing_table_size: 0,
         republish_after_bootstrap: false,
         dirty: true,
+        records_dirty: false,
         alone: false,
     };
     let run = async move {
@@ -207,6 +208,10 @@ struct Driver<R: Runtime> {
     republish_after_bootstrap: bool,
     /// Whether connections or the routing table changed since the state was last published.
     dirty: bool,
+    /// Whether a peer announced a record since the record count was last published (a
+    /// cheaper update than the whole state: a flood of records must not cost a walk over
+    /// every connection per record).
+    records_dirty: bool,
     /// The last bootstrap named only this node.
     alone: bool,
 }
@@ -267,7 +272,15 @@ impl<R: Runtime> Driver<R> {
             }
             if self.dirty {
                 self.dirty = false;
+                self.records_dirty = false;
                 self.publish();
+            } else if self.records_dirty {
+                self.records_dirty = false;
+                let records = self.kad().store_mut().other_records();
+                self.shared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .stored_records = records;
             }
             if !progressed {
                 return Poll::Pending;
@@ -479,6 +492,14 @@ impl<R: Runtime> Driver<R> {
         );
         if changes_state {
             self.dirty = true;
+        }
+        if matches!(
+            event,
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider { .. },
+            }))
+        ) {
+            self.records_dirty = true;
         }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad_event(event),

@@ -50,6 +50,10 @@ impl Router<PeerId> for P2pRouter {
         self.0.is_ready()
     }
 
+    fn records(&self) -> Option<usize> {
+        Some(self.0.stored_records())
+    }
+
     fn peers(&self) -> Vec<String> {
         self.0
             .peers()

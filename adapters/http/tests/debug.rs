@@ -160,21 +160,29 @@ async fn metrics_and_debug_page() {
     let g = post(metrics_addr, "/debug/web/api/measure?image=%%%", &[]).await;
     assert_eq!(g.status, StatusCode::BAD_REQUEST);
 
-    // One at a time: of two at once, one runs and the other is told to wait; then the next
-    // runs again.
-    source.set_behaviour(Behaviour::Slow);
-    let (a, b) = tokio::join!(
+    // One at a time: while one measurement is reading a blob (held at the store's gate),
+    // another is told to wait; once the first is done, the next runs again.
+    let gate = source.hold();
+    let first = tokio::spawn(post(metrics_addr, measure, &[]));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while source.waiting() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the measurement never read a blob"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // (A second one that ran would wait at the gate too: bounded, so that is a failure.)
+    let second = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
         post(metrics_addr, measure, &[]),
-        post(metrics_addr, measure, &[])
-    );
-    let mut statuses = [a.status, b.status];
-    statuses.sort();
-    assert_eq!(
-        statuses,
-        [StatusCode::OK, StatusCode::TOO_MANY_REQUESTS],
-        "{a:?} {b:?}"
-    );
-    source.set_behaviour(Behaviour::Whole);
+    )
+    .await
+    .expect("a second measurement ran while one was running");
+    assert_eq!(second.status, StatusCode::TOO_MANY_REQUESTS, "{second:?}");
+    gate.send_replace(true);
+    let first = first.await.unwrap();
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
     assert_eq!(
         post(metrics_addr, measure, &[]).await.status,
         StatusCode::OK

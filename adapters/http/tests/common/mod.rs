@@ -48,6 +48,10 @@ pub struct FakeContentStore {
     tags: Mutex<BTreeMap<String, Digest>>,
     blobs: Mutex<BTreeMap<Digest, Bytes>>,
     behaviour: Mutex<Behaviour>,
+    /// While set, a streamed body waits for it to turn true before its first chunk.
+    gate: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+    /// Streamed bodies that have started waiting at the gate.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeContentStore {
@@ -74,6 +78,20 @@ impl FakeContentStore {
 
     pub fn set_behaviour(&self, b: Behaviour) {
         *self.behaviour.lock().unwrap() = b;
+    }
+
+    /// Holds every streamed body opened from now on before its first chunk, until the
+    /// returned sender sends `true` (or is dropped).
+    pub fn hold(&self) -> tokio::sync::watch::Sender<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        *self.gate.lock().unwrap() = Some(rx);
+        self.waiting.store(0, std::sync::atomic::Ordering::SeqCst);
+        tx
+    }
+
+    /// Streamed bodies that have reached the gate of [`FakeContentStore::hold`].
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn images(&self) -> Vec<ImageState> {
@@ -124,6 +142,8 @@ impl ContentStore for FakeContentStore {
     ) -> BoxFuture<'a, Result<Option<BlobBody>, SourceError>> {
         let blob = self.blobs.lock().unwrap().get(digest).cloned();
         let behaviour = *self.behaviour.lock().unwrap();
+        let gate = self.gate.lock().unwrap().clone();
+        let waiting = self.waiting.clone();
         Box::pin(async move {
             let Some(blob) = blob else { return Ok(None) };
             if behaviour == Behaviour::File {
@@ -154,11 +174,19 @@ impl ContentStore for FakeContentStore {
             };
             let pause = if behaviour == Behaviour::Slow { 20 } else { 1 };
             // A short pause between chunks, like a disk or a network.
-            let stream = futures::stream::iter(chunks)
-                .then(move |c| async move {
+            let held = async move {
+                if let Some(mut gate) = gate {
+                    waiting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    // Released by `true`, or by the sender going away.
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+            };
+            let stream = futures::stream::once(held)
+                .filter_map(|()| async { None })
+                .chain(futures::stream::iter(chunks).then(move |c| async move {
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                     c
-                })
+                }))
                 .boxed();
             Ok(Some(BlobBody::Stream(stream)))
         })

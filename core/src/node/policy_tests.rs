@@ -107,6 +107,25 @@ fn fetches(out: &[Output<u32>]) -> Vec<Started> {
         .collect()
 }
 
+/// Reports that request 1's pipe stopped after `written` bytes, at `at`; the fetches that
+/// follow.
+fn interrupted(n: &mut Node<u32>, at: Instant, written: u64) -> Vec<Started> {
+    n.handle(
+        at,
+        Input::PipeInterrupted {
+            request: RequestId(1),
+            written,
+        },
+    )
+    .unwrap();
+    fetches(&drain(n))
+}
+
+/// `bytes=start-end`.
+fn range(start: u64, end: u64) -> FetchRange {
+    FetchRange::FromTo { start, end }
+}
+
 fn ok_200(len: u64) -> FetchResponse {
     FetchResponse {
         status: 200,
@@ -275,13 +294,7 @@ fn fetches_name_method_path_and_the_exact_range() {
     assert_eq!(f.5.header_value(), None);
 
     let f = first_fetch(blob_request(Some("bytes=100-199")));
-    assert_eq!(
-        f.5,
-        FetchRange::FromTo {
-            start: 100,
-            end: 199
-        }
-    );
+    assert_eq!(f.5, range(100, 199));
     assert_eq!(f.5.header_value().as_deref(), Some("bytes=100-199"));
 
     let f = first_fetch(blob_request(Some("bytes=5-")));
@@ -338,25 +351,10 @@ fn serving(client_range: Option<&str>, resp: FetchResponse) -> (Node<u32>, Fetch
 #[test]
 fn a_resumed_fetch_asks_for_the_rest_from_where_the_client_stopped() {
     let (mut n, first, t) = serving(None, ok_200(1000));
-    let r = RequestId(1);
-    n.handle(
-        t,
-        Input::PipeInterrupted {
-            request: r,
-            written: 400,
-        },
-    )
-    .unwrap();
-    let f = fetches(&drain(&mut n));
+    let f = interrupted(&mut n, t, 400);
     assert_eq!(f.len(), 1);
     assert_ne!(f[0].0, first);
-    assert_eq!(
-        f[0].5,
-        FetchRange::FromTo {
-            start: 400,
-            end: 999
-        }
-    );
+    assert_eq!(f[0].5, range(400, 999));
     assert_eq!(f[0].5.header_value().as_deref(), Some("bytes=400-999"));
 
     // A client range: the resume keeps its end and starts after what was written.
@@ -371,22 +369,8 @@ fn a_resumed_fetch_asks_for_the_rest_from_where_the_client_stopped() {
         }),
     };
     let (mut n, _, t) = serving(Some("bytes=50-100"), part);
-    n.handle(
-        t,
-        Input::PipeInterrupted {
-            request: r,
-            written: 20,
-        },
-    )
-    .unwrap();
-    let f = fetches(&drain(&mut n));
-    assert_eq!(
-        f[0].5,
-        FetchRange::FromTo {
-            start: 70,
-            end: 100
-        }
-    );
+    let f = interrupted(&mut n, t, 20);
+    assert_eq!(f[0].5, range(70, 100));
 }
 
 // ---- local answers ----
@@ -702,24 +686,10 @@ fn a_stalled_body_is_interrupted_and_resumed_where_the_client_stopped() {
     );
     // The pipe reports how far it got (one more byte got through): resumed from there, from
     // another peer.
-    n.handle(
-        t + ms(10_001),
-        Input::PipeInterrupted {
-            request: r,
-            written: 300_001,
-        },
-    )
-    .unwrap();
-    let f = fetches(&drain(&mut n));
+    let f = interrupted(&mut n, t + ms(10_001), 300_001);
     assert_eq!(f.len(), 1);
     assert_ne!(f[0].0, first);
-    assert_eq!(
-        f[0].5,
-        FetchRange::FromTo {
-            start: 300_001,
-            end: 999_999
-        }
-    );
+    assert_eq!(f[0].5, range(300_001, 999_999));
     // The continuation is watched from the bytes already written.
     n.handle(t + ms(10_002), Input::FetchConnected { fetch: f[0].0 })
         .unwrap();
@@ -1122,15 +1092,7 @@ fn a_continuation_must_claim_the_size_already_known() {
         // A 1000-byte blob from one of three peers breaks after 400 bytes.
         let (mut n, _, t) = serving(None, ok_200(1000));
         let r = RequestId(1);
-        n.handle(
-            t,
-            Input::PipeInterrupted {
-                request: r,
-                written: 400,
-            },
-        )
-        .unwrap();
-        let f = fetches(&drain(&mut n));
+        let f = interrupted(&mut n, t, 400);
         assert_eq!(f[0].5, rest);
         n.handle(
             t,
@@ -1302,15 +1264,7 @@ fn a_body_that_does_not_match_its_digest_makes_every_peer_that_fed_it_distrusted
     let (first, verify) = relaying(&mut n, t, 1, &[1, 2, 3]);
     assert_eq!(verify, Some(blob()));
     // The body broke at 400 and a second peer continued it.
-    n.handle(
-        t,
-        Input::PipeInterrupted {
-            request: r,
-            written: 400,
-        },
-    )
-    .unwrap();
-    let f = fetches(&drain(&mut n));
+    let f = interrupted(&mut n, t, 400);
     let second = f[0].1;
     assert_ne!(second, first);
     n.handle(

@@ -175,7 +175,7 @@ impl Body for Pipe {
                 State::Streaming(_)
                     if this
                         .verify
-                        .as_ref()
+                        .as_mut()
                         .is_some_and(|v| v.poll_room(cx).is_pending()) =>
                 {
                     return Poll::Pending;

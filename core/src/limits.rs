@@ -6,6 +6,41 @@ use std::time::Duration;
 use crate::request::HEADERS_MAX;
 pub use crate::request::header_bytes;
 
+/// The bounds of the DHT's record store: provider records of other peers and this node's own
+/// keys (the router enforces them; SPEC.md §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreLimits {
+    /// Most provider records of other peers kept, over all keys.
+    pub max_records: usize,
+    /// Most providers kept per key (beyond it, new providers of that key are ignored).
+    pub max_providers_per_key: usize,
+    /// Most addresses kept per provider (the rest are dropped).
+    pub max_addresses: usize,
+    /// Most providers the records of other peers name (a record of a provider beyond them
+    /// is refused): a cluster has fewer nodes than this.
+    pub max_providers: usize,
+    /// Most keys this node provides itself.
+    pub max_provided_keys: usize,
+    /// The most often a full store looks for expired records to make room (refusing a record
+    /// must not cost a search of the whole store each time).
+    pub sweep_every: Duration,
+}
+
+impl Default for StoreLimits {
+    /// Room for every record of a 20-node cluster announcing 5,000 keys per node (the
+    /// replication factor is 20; a larger cluster spreads its records).
+    fn default() -> Self {
+        StoreLimits {
+            max_records: 100_000,
+            max_providers_per_key: 20,
+            max_addresses: 4,
+            max_providers: 8_192,
+            max_provided_keys: 1 << 20,
+            sweep_every: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The default cap of concurrent connections per server (`--max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 

@@ -53,11 +53,10 @@ struct Identity {
     task: tokio::task::JoinHandle<()>,
 }
 
-impl Drop for Rogue {
+impl Drop for Identity {
+    /// Stops the identity's swarm, which closes its connections.
     fn drop(&mut self) {
-        for i in &self.identities {
-            i.task.abort();
-        }
+        self.task.abort();
     }
 }
 
@@ -83,14 +82,11 @@ impl Rogue {
     ) -> Result<Rogue> {
         ensure!(target.ip().is_loopback(), "the rogue only dials loopback");
         let addr = speil_p2p::tcp_multiaddr(target);
-        let mut rogue = Rogue {
-            identities: Vec::with_capacity(identities),
-            target: PeerId::random(),
-        };
+        let mut held = Vec::with_capacity(identities);
         let mut target_peer = None;
-        for wave in (0..identities).collect::<Vec<_>>().chunks(WAVE) {
+        for first in (0..identities).step_by(WAVE) {
             let mut started = Vec::new();
-            for _ in wave {
+            for _ in first..identities.min(first + WAVE) {
                 started.push(Identity::start(&addr, dials)?);
             }
             for (identity, mut settled) in started {
@@ -111,16 +107,13 @@ impl Rogue {
                     Ok(None) => {}
                     Err(e) => bail!("rogue identity: {e}"),
                 }
-                rogue.identities.push(identity);
+                held.push(identity);
             }
         }
-        rogue.target = target_peer.context("no rogue connection was admitted")?;
-        Ok(rogue)
-    }
-
-    /// The node's peer id, as its connections showed it.
-    pub fn target(&self) -> PeerId {
-        self.target
+        Ok(Rogue {
+            identities: held,
+            target: target_peer.context("no rogue connection was admitted")?,
+        })
     }
 
     /// Connections the node admitted and still holds, per identity.

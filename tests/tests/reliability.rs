@@ -116,6 +116,9 @@ async fn restarted_under_load(kind: ClusterKind) -> Result<()> {
     c.speils[0] = Speil::start_build(kind.nodes(2)[0].1, &c.h.nodes[0], ports, node0, &[])?;
     c.speils[0].wait_ready(Duration::from_secs(20))?;
     assert_eq!(peer_id(&c.speils[0])?, before);
+    // Ready may mean "bootstrapped alone" (node 0 bootstraps from itself): node 1 has to find
+    // it again (its own re-bootstrap backs off while node 0 is down) before the upstream goes.
+    wait_findable(&c.speils[1], large, &reg, Duration::from_secs(20))?;
     c.h.registry.stop();
     c.h.nodes[1]
         .cri_pull(&large.reference(&reg))

@@ -27,8 +27,8 @@ use speil_core::Verifier;
 pub const MAX_QUEUED: usize = 1024 * 1024;
 
 /// Pieces are handed to the hasher thread in batches of at least this many bytes (the last
-/// one smaller): one hand-over per piece woke the thread for every piece, and measured, the
-/// context switches cost a quarter of the relay's CPU.
+/// one smaller): one hand-over per piece woke the thread for every piece (measured with perf
+/// on a mirroring node: task switches went from 13 % to 10 % of its CPU with batches).
 pub const BATCH: usize = 256 * 1024;
 
 /// Bodies up to this size are hashed inline.

@@ -111,7 +111,7 @@ pub fn start_with_transport<R: Runtime>(
         routing_table_size: 0,
         republish_after_bootstrap: false,
         dirty: true,
-        records_dirty: false,
+        published_records: 0,
         alone: false,
     };
     let run = async move {
@@ -208,10 +208,9 @@ struct Driver<R: Runtime> {
     republish_after_bootstrap: bool,
     /// Whether connections or the routing table changed since the state was last published.
     dirty: bool,
-    /// Whether a peer announced a record since the record count was last published (a
-    /// cheaper update than the whole state: a flood of records must not cost a walk over
-    /// every connection per record).
-    records_dirty: bool,
+    /// The record count last published (it is published on its own when it changes: a flood
+    /// of records must not cost a walk over every connection per record).
+    published_records: usize,
     /// The last bootstrap named only this node.
     alone: bool,
 }
@@ -272,11 +271,11 @@ impl<R: Runtime> Driver<R> {
             }
             if self.dirty {
                 self.dirty = false;
-                self.records_dirty = false;
                 self.publish();
-            } else if self.records_dirty {
-                self.records_dirty = false;
-                let records = self.kad().store_mut().other_records();
+            }
+            let records = self.kad().store_mut().other_records();
+            if records != self.published_records {
+                self.published_records = records;
                 self.shared
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -492,14 +491,6 @@ impl<R: Runtime> Driver<R> {
         );
         if changes_state {
             self.dirty = true;
-        }
-        if matches!(
-            event,
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest {
-                request: kad::InboundRequest::AddProvider { .. },
-            }))
-        ) {
-            self.records_dirty = true;
         }
         match event {
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad_event(event),
@@ -782,10 +773,8 @@ impl<R: Runtime> Driver<R> {
             })
             .collect();
         let active_queries = self.kad().iter_queries().count();
-        let stored_records = self.kad().store_mut().other_records();
         let known_peers = self.identified.len();
         let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-        shared.stored_records = stored_records;
         shared.known_peers = known_peers;
         shared.routing_table_size = size;
         shared.active_queries = active_queries;

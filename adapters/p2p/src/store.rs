@@ -14,7 +14,7 @@
 //! and addresses are kept once per provider, not once per record (a provider's records carry
 //! the addresses it announced last), and the expiry is whole seconds. A full store refuses a
 //! record without looking at the others: it looks for expired records only once the earliest
-//! expiry has passed, and then at most once per [`SWEEP_EVERY`], so a flood against a full
+//! expiry has passed, and then at most once per [`StoreLimits::sweep_every`], so a flood against a full
 //! store costs constant time per record.
 
 use std::borrow::Cow;
@@ -26,36 +26,7 @@ use libp2p::kad::store::{Error, RecordStore, Result};
 use libp2p::kad::{ProviderRecord, Record, RecordKey};
 use libp2p::{Multiaddr, PeerId};
 
-/// The most often a full store looks for expired records.
-pub const SWEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// The bounds of the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StoreLimits {
-    /// Most provider records of other peers kept, over all keys.
-    pub max_records: usize,
-    /// Most providers kept per key (beyond it, new providers of that key are ignored).
-    pub max_providers_per_key: usize,
-    /// Most addresses kept per provider (the rest are dropped).
-    pub max_addresses: usize,
-    /// Most providers the records of other peers name (a record of a provider beyond them
-    /// is refused): a cluster has fewer nodes than this.
-    pub max_providers: usize,
-    /// Most keys this node provides itself.
-    pub max_provided_keys: usize,
-}
-
-impl Default for StoreLimits {
-    fn default() -> Self {
-        StoreLimits {
-            max_records: 100_000,
-            max_providers_per_key: 20,
-            max_addresses: 4,
-            max_providers: 8_192,
-            max_provided_keys: 1 << 20,
-        }
-    }
-}
+pub use speil_core::limits::StoreLimits;
 
 /// One provider of a key: its index in [`Peers`] and when the record expires, in whole
 /// seconds after the store's epoch (`u32::MAX`: never).
@@ -185,6 +156,12 @@ impl Peers {
     }
 }
 
+/// Whether a record expiring at `expires` (epoch seconds, `u32::MAX`: never) has expired at
+/// `now`.
+fn expired(expires: u32, now: u32) -> bool {
+    expires != u32::MAX && expires <= now
+}
+
 /// Provider records, bounded (see the module docs).
 #[derive(Debug)]
 pub struct Store {
@@ -251,11 +228,6 @@ impl Store {
         (seconds != u32::MAX).then(|| self.epoch + Duration::from_secs(u64::from(seconds)))
     }
 
-    /// Whether a record expiring at `expires` (epoch seconds) has expired at `now`.
-    fn expired(&self, expires: u32, now: u32) -> bool {
-        expires != u32::MAX && expires <= now
-    }
-
     /// Drops every expired record of other peers.
     fn sweep(&mut self, now: Instant) {
         let now = self.seconds(Some(now));
@@ -263,7 +235,7 @@ impl Store {
         let mut earliest = u32::MAX;
         self.providers.retain(|_, holders| {
             dropped.extend(holders.retain(|e| {
-                let live = e.expires == u32::MAX || e.expires > now;
+                let live = !expired(e.expires, now);
                 if live {
                     earliest = earliest.min(e.expires);
                 }
@@ -279,15 +251,16 @@ impl Store {
     }
 
     /// Makes room in a full store if a record has expired: looks only once the earliest
-    /// expiry has passed, and at most once per [`SWEEP_EVERY`]. Whether there is room now.
+    /// expiry has passed, and at most once per [`StoreLimits::sweep_every`]. Whether there is room
+    /// now.
     fn make_room(&mut self, now: Instant) -> bool {
         if self.records < self.limits.max_records {
             return true;
         }
-        let due = self.expired(self.earliest, self.seconds(Some(now)))
+        let due = expired(self.earliest, self.seconds(Some(now)))
             && self
                 .last_sweep
-                .is_none_or(|last| now.saturating_duration_since(last) >= SWEEP_EVERY);
+                .is_none_or(|last| now.saturating_duration_since(last) >= self.limits.sweep_every);
         if due {
             self.last_sweep = Some(now);
             self.sweeps += 1;
@@ -456,6 +429,7 @@ mod tests {
             max_addresses: 4,
             max_providers: 200,
             max_provided_keys: 10,
+            sweep_every: Duration::from_secs(5),
         }
     }
 
@@ -509,9 +483,9 @@ mod tests {
         s.add_provider_at(record(20_000, provider, later), t1)
             .unwrap();
         assert_eq!((s.sweeps, s.other_records()), (1, 100));
-        // Full again, nothing expired: no new look within SWEEP_EVERY, nor after it.
+        // Full again, nothing expired: no new look within sweep_every, nor after it.
         for k in 0..1_000 {
-            let at = t1 + SWEEP_EVERY * 2 * k / 1_000;
+            let at = t1 + s.limits.sweep_every * 2 * k / 1_000;
             assert!(
                 s.add_provider_at(record(30_000 + k, provider, later), at)
                     .is_err()
